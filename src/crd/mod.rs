@@ -1,0 +1,83 @@
+//! The four custom resources of `credits.alchemi.io/v1alpha1`.
+//!
+//! These are the Kubernetes face of the product. The ledger never sees
+//! them: adapters translate specs into ledger commands and ledger figures
+//! into statuses.
+
+// Several `printcolumn(...)` entries repeat `type_ = "string"`, which
+// clippy mistakes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+mod account;
+#[allow(clippy::duplicated_attributes)]
+mod group;
+#[allow(clippy::duplicated_attributes)]
+mod member;
+#[allow(clippy::duplicated_attributes)]
+mod request;
+
+pub use account::{
+    AllocationEntry, CreditAccount, CreditAccountSpec, CreditAccountStatus, CycleStatus, LastReset, ResetReason,
+};
+pub use group::{CreditGroup, CreditGroupSpec, CreditGroupStatus};
+pub use member::{MemberAllocation, MemberAllocationSpec, MemberAllocationStatus, UserRef};
+pub use request::{Approval, CreditRequest, CreditRequestSpec, CreditRequestStatus, Decision, RequestPhase};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::core::cel::Validator;
+use kube::CustomResourceExt;
+
+/// The API group of every resource here.
+pub const GROUP: &str = "credits.alchemi.io";
+/// The served and stored version.
+pub const VERSION: &str = "v1alpha1";
+/// Setting this annotation on a CreditAccount to a new, later RFC 3339
+/// time starts a new cycle at once.
+pub const RESET_ANNOTATION: &str = "credits.alchemi.io/reset-requested-at";
+
+/// All four CRDs, in the order `credit-operator crd` prints them.
+pub fn all_crds() -> Vec<CustomResourceDefinition> {
+    vec![
+        CreditAccount::crd(),
+        CreditGroup::crd(),
+        MemberAllocation::crd(),
+        CreditRequest::crd(),
+    ]
+}
+
+/// The CRDs as one multi-document YAML stream.
+pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+    let mut out = String::new();
+    for crd in all_crds() {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd)?);
+    }
+    Ok(out)
+}
+
+/// Checks an object (as JSON, the way the API server receives it) against
+/// the CEL rules of its kind's CRD, with `old` for update rules. Returns
+/// one line per broken rule, each naming the field.
+pub fn check_cel_rules(kind: &str, object: &serde_json::Value, old: Option<&serde_json::Value>) -> Vec<String> {
+    let Some(crd) = all_crds().into_iter().find(|c| c.spec.names.kind == kind) else {
+        return vec![format!("kind: unknown kind {kind:?}")];
+    };
+    let Some(schema) = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+    else {
+        return vec![format!("kind: {kind} has no schema")];
+    };
+    let schema = match serde_json::to_value(schema) {
+        Ok(s) => s,
+        Err(e) => return vec![format!("kind: {kind} schema: {e}")],
+    };
+    match Validator::new().validate(&schema, object, old) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors
+            .into_vec()
+            .into_iter()
+            .map(|e| format!("{}: {}", e.field_path, e.message))
+            .collect(),
+    }
+}

@@ -1,0 +1,135 @@
+//! The durable journal: append-only entries, group-committed, plus
+//! snapshots of the whole state. Two backends implement it.
+
+use super::error::LedgerError;
+use super::model::JournalEntry;
+use super::state::State;
+
+/// Why the journal failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("{0}")]
+    Backend(String),
+    /// The stored epoch is newer than this writer's.
+    #[error("fenced: epoch {stored} has replaced this writer's epoch {ours}")]
+    Fenced { ours: i64, stored: i64 },
+    #[error("journal entry {seq} is unreadable: {message}")]
+    Corrupt { seq: u64, message: String },
+    #[error("unsupported ledger URL {0:?}: use sqlite://PATH or postgres://…")]
+    BadUrl(String),
+}
+
+impl From<JournalError> for LedgerError {
+    fn from(e: JournalError) -> Self {
+        match e {
+            JournalError::Fenced { stored, .. } => LedgerError::Fenced(stored),
+            other => LedgerError::Storage(other.to_string()),
+        }
+    }
+}
+
+/// Where the ledger keeps its journal and snapshots.
+pub trait Journal: Send + 'static {
+    /// Which backend this is (`sqlite`, `postgres`).
+    fn backend(&self) -> &'static str;
+    /// The epoch this writer holds.
+    fn epoch(&self) -> i64;
+    /// Writes a batch in one transaction, only while this writer's epoch
+    /// is still the stored one. All or nothing.
+    fn append(&mut self, entries: &[JournalEntry]) -> Result<(), JournalError>;
+    /// The newest snapshot: the state as of its last sequence number.
+    fn latest_snapshot(&mut self) -> Result<Option<State>, JournalError>;
+    /// Entries after `seq`, in order, handed to `f`.
+    fn replay_after(&mut self, seq: u64, f: &mut dyn FnMut(JournalEntry)) -> Result<(), JournalError>;
+    /// Stores a snapshot of `state` (as of `state.last_seq`).
+    fn save_snapshot(&mut self, state: &State) -> Result<(), JournalError>;
+}
+
+/// Opens the journal a URL names: `sqlite://PATH` or `postgres://…`.
+pub fn open(url: &str) -> Result<Box<dyn Journal>, JournalError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        return Ok(Box::new(super::sqlite::SqliteJournal::open(path)?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Box::new(super::postgres::PostgresJournal::open(url)?));
+    }
+    Err(JournalError::BadUrl(url.to_string()))
+}
+
+/// Rebuilds the state: the newest snapshot, then every later entry.
+pub fn recover(journal: &mut dyn Journal) -> Result<State, JournalError> {
+    let mut state = journal.latest_snapshot()?.unwrap_or_default();
+    let mut gap = None;
+    journal.replay_after(state.last_seq, &mut |entry| {
+        if gap.is_none() && entry.seq != state.last_seq + 1 {
+            gap = Some((state.last_seq, entry.seq));
+        }
+        state.apply(&entry);
+    })?;
+    if let Some((after, found)) = gap {
+        return Err(JournalError::Corrupt {
+            seq: found,
+            message: format!("expected entry {} next", after + 1),
+        });
+    }
+    Ok(state)
+}
+
+/// Encodes an event for storage.
+pub(crate) fn encode(entry: &JournalEntry) -> Result<String, JournalError> {
+    serde_json::to_string(&entry.event).map_err(|e| JournalError::Backend(format!("encoding entry {}: {e}", entry.seq)))
+}
+
+/// Decodes a stored event.
+pub(crate) fn decode(
+    seq: u64,
+    at_nanos: i64,
+    account: String,
+    key: Option<String>,
+    body: &str,
+) -> Result<JournalEntry, JournalError> {
+    let event = serde_json::from_str(body).map_err(|e| JournalError::Corrupt {
+        seq,
+        message: e.to_string(),
+    })?;
+    let at = jiff::Timestamp::from_nanosecond(i128::from(at_nanos)).map_err(|e| JournalError::Corrupt {
+        seq,
+        message: e.to_string(),
+    })?;
+    Ok(JournalEntry {
+        seq,
+        at,
+        account,
+        key,
+        event,
+    })
+}
+
+/// A timestamp as stored: nanoseconds since the epoch.
+pub(crate) fn nanos(entry: &JournalEntry) -> Result<i64, JournalError> {
+    i64::try_from(entry.at.as_nanosecond())
+        .map_err(|_| JournalError::Backend(format!("entry {} has a time outside 1677–2262", entry.seq)))
+}
+
+/// Schema versions, applied in order by both backends.
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE journal (
+        seq BIGINT PRIMARY KEY,
+        account TEXT NOT NULL,
+        idem_key TEXT,
+        recorded_at BIGINT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX journal_idem ON journal (account, idem_key) WHERE idem_key IS NOT NULL;
+    CREATE TABLE snapshots (
+        seq BIGINT PRIMARY KEY,
+        taken_at BIGINT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE writer_epoch (
+        id INTEGER PRIMARY KEY,
+        epoch BIGINT NOT NULL
+    );
+    INSERT INTO writer_epoch (id, epoch) VALUES (1, 0);",
+)];

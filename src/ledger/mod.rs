@@ -1,0 +1,24 @@
+//! The credit ledger: the source of truth for money.
+//!
+//! - [`model`]: the vocabulary — settings, commands, journal events, answers.
+//! - [`state`]: the deterministic state machine; commands in, events out.
+//! - [`numbers`]: every figure users see, computed in one place.
+//! - [`journal`]: the durable, append-only journal and its snapshots, on
+//!   [`sqlite`] or [`postgres`].
+//! - [`writer`]: the single writer that applies commands in order and
+//!   group-commits their events before anyone gets an answer.
+
+pub mod error;
+pub mod journal;
+pub mod model;
+pub mod numbers;
+pub mod postgres;
+pub mod sqlite;
+pub mod state;
+pub mod writer;
+
+pub use error::LedgerError;
+pub use model::*;
+pub use numbers::{AccountFigures, Authorization, GroupFigures, MemberFigures, Scope};
+pub use state::State;
+pub use writer::Ledger;

@@ -1,0 +1,318 @@
+//! Every figure users see, computed in one place (DESIGN "The numbers").
+//!
+//! - member: `allocation = monthly + extra + granted`, `remaining =
+//!   allocation − used`;
+//! - group: `budget = monthly + extra`, `distributed = Σ members (monthly +
+//!   extra)`, `available = budget − distributed`, `used`/`granted` = Σ
+//!   members, `autoApproveRemaining = reserve − auto-granted` (≥ 0);
+//! - account: `balance = creditsPerCycle − used`, `usagePercent`,
+//!   `allocated = Σ group budgets`, `unallocated = creditsPerCycle −
+//!   allocated`;
+//! - authorize: headroom per scope = limit − used − held; the smallest wins.
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::Serialize;
+
+use super::error::LedgerError;
+use super::state::{Account, Group, Member};
+use crate::amount::Amount;
+use crate::cycle::CycleWindow;
+
+/// A scope that can limit spending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Scope {
+    Member,
+    Group,
+    Account,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Member => "member",
+            Scope::Group => "group",
+            Scope::Account => "account",
+        }
+    }
+}
+
+/// The answer to "may this member spend N credits?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorization {
+    pub allowed: bool,
+    /// The smallest headroom; `None` while tracking is disabled.
+    pub remaining: Option<Amount>,
+    pub limited_by: Option<Scope>,
+}
+
+/// A member's figures in one cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberFigures {
+    pub name: String,
+    pub user_id: String,
+    pub email: String,
+    pub display_name: String,
+    pub group: String,
+    pub active: bool,
+    pub monthly: Amount,
+    pub extra: Amount,
+    pub granted: Amount,
+    pub used: Amount,
+    pub allocation: Amount,
+    pub remaining: Amount,
+    pub held: Amount,
+}
+
+/// A group's figures in one cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupFigures {
+    pub name: String,
+    pub monthly: Amount,
+    pub extra: Amount,
+    pub budget: Amount,
+    pub distributed: Amount,
+    pub available: Amount,
+    pub granted: Amount,
+    pub used: Amount,
+    pub auto_approve_reserve: Amount,
+    pub auto_approve_remaining: Amount,
+    pub members: u32,
+}
+
+/// An account's figures in one cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountFigures {
+    pub cycle: CycleWindow,
+    pub credits_per_cycle: Amount,
+    pub used: Amount,
+    pub balance: Amount,
+    pub usage_percent: Amount,
+    pub allocated: Amount,
+    pub unallocated: Amount,
+    pub tracking_enabled: bool,
+    /// `(name, budget, used)` per active group, by name.
+    pub groups: Vec<(String, Amount, Amount)>,
+}
+
+/// `used / limit × 100`, half-even to 2 places; 0 when the limit is 0.
+pub fn usage_percent(used: Amount, limit: Amount) -> Amount {
+    if limit.is_zero() {
+        return Amount::ZERO;
+    }
+    let p = used
+        .decimal()
+        .checked_div(limit.decimal())
+        .and_then(|r| r.checked_mul(Decimal::ONE_HUNDRED));
+    Amount::from_decimal(
+        p.unwrap_or(Decimal::ZERO)
+            .round_dp_with_strategy(2, RoundingStrategy::MidpointNearestEven),
+    )
+}
+
+/// Auto-approve reserve left in a group this cycle (never below 0).
+pub fn auto_approve_remaining(group: &Group, cycle: u64) -> Amount {
+    (group.settings.auto_approve_reserve - group.tally.at(cycle).auto_granted).max(Amount::ZERO)
+}
+
+/// A member's figures in `cycle` (the current one, or a closed one from
+/// its history).
+pub fn member(account: &Account, m: &Member, cycle: u64) -> MemberFigures {
+    let current = cycle == account.cycle.number;
+    let (group, monthly, extra, used, granted) = match m.history.get(&cycle) {
+        Some(h) if !current => (h.group.clone(), h.monthly, h.extra, h.used, h.granted),
+        _ => {
+            let t = m.tally.at(cycle);
+            (
+                account.group_of(m).to_string(),
+                m.monthly(),
+                m.spec.extra_credits,
+                t.used,
+                t.granted,
+            )
+        }
+    };
+    let allocation = monthly + extra + granted;
+    MemberFigures {
+        name: m.spec.name.clone(),
+        user_id: m.spec.user_id.clone(),
+        email: m.spec.email.clone(),
+        display_name: m.spec.display_name.clone(),
+        group,
+        active: m.active,
+        monthly,
+        extra,
+        granted,
+        used,
+        allocation,
+        remaining: allocation - used,
+        held: if current { m.held } else { Amount::ZERO },
+    }
+}
+
+/// The active members of a group, as of the current cycle.
+pub fn members_of<'a>(account: &'a Account, group: &'a str) -> impl Iterator<Item = &'a Member> + 'a {
+    account
+        .members
+        .values()
+        .filter(move |m| m.active && account.group_of(m) == group)
+}
+
+/// A group's figures in the current cycle.
+pub fn group(account: &Account, g: &Group) -> GroupFigures {
+    let cycle = account.cycle.number;
+    let t = g.tally.at(cycle);
+    let (mut distributed, mut count) = (Amount::ZERO, 0u32);
+    for m in members_of(account, &g.name) {
+        distributed += m.monthly() + m.spec.extra_credits;
+        count += 1;
+    }
+    let budget = g.settings.budget();
+    GroupFigures {
+        name: g.name.clone(),
+        monthly: g.settings.monthly_credits,
+        extra: g.settings.extra_credits,
+        budget,
+        distributed,
+        available: budget - distributed,
+        granted: t.granted,
+        used: t.used,
+        auto_approve_reserve: g.settings.auto_approve_reserve,
+        auto_approve_remaining: auto_approve_remaining(g, cycle),
+        members: count,
+    }
+}
+
+/// The groups of a closed cycle, reconstructed from what was recorded.
+pub fn closed_groups(account: &Account, cycle: u64) -> Option<Vec<GroupFigures>> {
+    let closed = account.closed.iter().find(|c| c.window.number == cycle)?;
+    Some(
+        closed
+            .groups
+            .iter()
+            .map(|g| {
+                let (mut distributed, mut count) = (Amount::ZERO, 0u32);
+                for m in account.members.values() {
+                    let f = member(account, m, cycle);
+                    if f.group == g.name && (m.history.contains_key(&cycle) || m.active) {
+                        distributed += f.monthly + f.extra;
+                        count += 1;
+                    }
+                }
+                let budget = g.settings.budget();
+                GroupFigures {
+                    name: g.name.clone(),
+                    monthly: g.settings.monthly_credits,
+                    extra: g.settings.extra_credits,
+                    budget,
+                    distributed,
+                    available: budget - distributed,
+                    granted: g.granted,
+                    used: g.used,
+                    auto_approve_reserve: g.settings.auto_approve_reserve,
+                    auto_approve_remaining: (g.settings.auto_approve_reserve - g.auto_granted).max(Amount::ZERO),
+                    members: count,
+                }
+            })
+            .collect(),
+    )
+}
+
+/// An account's figures in `cycle`; `None` for a cycle it never had.
+pub fn account(account: &Account, cycle: u64) -> Option<AccountFigures> {
+    let tracking_enabled = account.settings.tracking_enabled();
+    if cycle == account.cycle.number {
+        let groups: Vec<(String, Amount, Amount)> = account
+            .groups
+            .values()
+            .filter(|g| g.active)
+            .map(|g| (g.name.clone(), g.settings.budget(), g.tally.at(cycle).used))
+            .collect();
+        return Some(figures(
+            account.cycle,
+            account.settings.credits_per_cycle,
+            account.used,
+            tracking_enabled,
+            groups,
+        ));
+    }
+    let closed = account.closed.iter().find(|c| c.window.number == cycle)?;
+    let groups = closed
+        .groups
+        .iter()
+        .map(|g| (g.name.clone(), g.settings.budget(), g.used))
+        .collect();
+    Some(figures(
+        closed.window,
+        closed.credits_per_cycle,
+        closed.used,
+        tracking_enabled,
+        groups,
+    ))
+}
+
+fn figures(
+    cycle: CycleWindow,
+    limit: Amount,
+    used: Amount,
+    tracking_enabled: bool,
+    groups: Vec<(String, Amount, Amount)>,
+) -> AccountFigures {
+    let allocated: Amount = groups.iter().map(|g| g.1).sum();
+    AccountFigures {
+        cycle,
+        credits_per_cycle: limit,
+        used,
+        balance: limit - used,
+        usage_percent: usage_percent(used, limit),
+        allocated,
+        unallocated: limit - allocated,
+        tracking_enabled,
+        groups,
+    }
+}
+
+/// May `user_id` spend `credits` now? Headroom per scope is its limit
+/// minus used minus open holds; grants raise member and group headroom,
+/// never the account's. Ties go to the narrowest scope.
+pub fn authorize(account: &Account, user_id: &str, credits: Amount) -> Result<Authorization, LedgerError> {
+    let m = account
+        .members
+        .get(user_id)
+        .ok_or_else(|| LedgerError::UnknownMember(user_id.to_string()))?;
+    if !account.settings.tracking_enabled() {
+        return Ok(Authorization {
+            allowed: true,
+            remaining: None,
+            limited_by: None,
+        });
+    }
+    let refuse = |scope| Authorization {
+        allowed: false,
+        remaining: Some(Amount::ZERO),
+        limited_by: Some(scope),
+    };
+    if !m.active {
+        return Ok(refuse(Scope::Member));
+    }
+    let Some(g) = account.groups.get(account.group_of(m)).filter(|g| g.active) else {
+        return Ok(refuse(Scope::Group));
+    };
+    let cycle = account.cycle.number;
+    let mt = m.tally.at(cycle);
+    let gt = g.tally.at(cycle);
+    let member_room = m.monthly() + m.spec.extra_credits + mt.granted - mt.used - m.held;
+    let group_room = g.settings.budget() + gt.granted - gt.used - g.held;
+    let account_room = account.settings.credits_per_cycle - account.used - account.held;
+    let mut best = (member_room, Scope::Member);
+    for candidate in [(group_room, Scope::Group), (account_room, Scope::Account)] {
+        if candidate.0 < best.0 {
+            best = candidate;
+        }
+    }
+    Ok(Authorization {
+        allowed: credits <= best.0,
+        remaining: Some(best.0),
+        limited_by: Some(best.1),
+    })
+}

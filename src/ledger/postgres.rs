@@ -1,0 +1,158 @@
+//! The journal on PostgreSQL, for several replicas and scale.
+
+use postgres::{Client, NoTls};
+
+use super::journal::{decode, encode, nanos, Journal, JournalError, MIGRATIONS};
+use super::model::JournalEntry;
+use super::state::State;
+
+fn backend(e: postgres::Error) -> JournalError {
+    JournalError::Backend(format!("postgres: {e}"))
+}
+
+/// A journal in a PostgreSQL database.
+pub struct PostgresJournal {
+    client: Client,
+    epoch: i64,
+}
+
+impl PostgresJournal {
+    /// Connects, migrates and takes the next epoch, which fences off any
+    /// earlier writer.
+    pub fn open(url: &str) -> Result<Self, JournalError> {
+        let mut client = Client::connect(url, NoTls).map_err(backend)?;
+        let mut tx = client.transaction().map_err(backend)?;
+        // One migrator at a time.
+        tx.batch_execute("SELECT pg_advisory_xact_lock(7223401); CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
+            .map_err(backend)?;
+        for (version, sql) in MIGRATIONS {
+            let done = tx
+                .query_opt("SELECT version FROM schema_migrations WHERE version = $1", &[version])
+                .map_err(backend)?;
+            if done.is_none() {
+                tx.batch_execute(sql).map_err(backend)?;
+                tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[version])
+                    .map_err(backend)?;
+            }
+        }
+        tx.commit().map_err(backend)?;
+        let epoch: i64 = client
+            .query_one(
+                "UPDATE writer_epoch SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch",
+                &[],
+            )
+            .map_err(backend)?
+            .get(0);
+        Ok(PostgresJournal { client, epoch })
+    }
+}
+
+impl Journal for PostgresJournal {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    fn append(&mut self, entries: &[JournalEntry]) -> Result<(), JournalError> {
+        let mut seqs = Vec::with_capacity(entries.len());
+        let mut accounts = Vec::with_capacity(entries.len());
+        let mut keys = Vec::with_capacity(entries.len());
+        let mut ats = Vec::with_capacity(entries.len());
+        let mut bodies = Vec::with_capacity(entries.len());
+        for entry in entries {
+            seqs.push(i64::try_from(entry.seq).map_err(|_| JournalError::Backend("sequence overflow".into()))?);
+            accounts.push(entry.account.as_str());
+            keys.push(entry.key.as_deref());
+            ats.push(nanos(entry)?);
+            bodies.push(encode(entry)?);
+        }
+        let mut tx = self.client.transaction().map_err(backend)?;
+        // FOR SHARE blocks a takeover's epoch bump until this batch is in,
+        // and makes every batch after the bump see the new epoch.
+        let stored: i64 = tx
+            .query_one("SELECT epoch FROM writer_epoch WHERE id = 1 FOR SHARE", &[])
+            .map_err(backend)?
+            .get(0);
+        if stored != self.epoch {
+            return Err(JournalError::Fenced {
+                ours: self.epoch,
+                stored,
+            });
+        }
+        tx.execute(
+            "INSERT INTO journal (seq, account, idem_key, recorded_at, body)
+             SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[])",
+            &[&seqs, &accounts, &keys, &ats, &bodies],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn latest_snapshot(&mut self) -> Result<Option<State>, JournalError> {
+        let row = self
+            .client
+            .query_opt("SELECT seq, body FROM snapshots ORDER BY seq DESC LIMIT 1", &[])
+            .map_err(backend)?;
+        row.map(|row| {
+            let seq: i64 = row.get(0);
+            let body: &str = row.get(1);
+            serde_json::from_str(body).map_err(|e| JournalError::Corrupt {
+                seq: seq as u64,
+                message: format!("snapshot: {e}"),
+            })
+        })
+        .transpose()
+    }
+
+    fn replay_after(&mut self, seq: u64, f: &mut dyn FnMut(JournalEntry)) -> Result<(), JournalError> {
+        let mut after = seq as i64;
+        // Page through the tail so a long journal never sits in memory at once.
+        loop {
+            let rows = self
+                .client
+                .query(
+                    "SELECT seq, recorded_at, account, idem_key, body FROM journal WHERE seq > $1 ORDER BY seq LIMIT 10000",
+                    &[&after],
+                )
+                .map_err(backend)?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            for row in rows {
+                let seq: i64 = row.get(0);
+                let body: &str = row.get(4);
+                f(decode(seq as u64, row.get(1), row.get(2), row.get(3), body)?);
+                after = seq;
+            }
+        }
+    }
+
+    fn save_snapshot(&mut self, state: &State) -> Result<(), JournalError> {
+        let body =
+            serde_json::to_string(state).map_err(|e| JournalError::Backend(format!("encoding snapshot: {e}")))?;
+        let taken_at = i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX);
+        let seq = state.last_seq as i64;
+        let mut tx = self.client.transaction().map_err(backend)?;
+        let stored: i64 = tx
+            .query_one("SELECT epoch FROM writer_epoch WHERE id = 1 FOR SHARE", &[])
+            .map_err(backend)?
+            .get(0);
+        if stored != self.epoch {
+            return Err(JournalError::Fenced {
+                ours: self.epoch,
+                stored,
+            });
+        }
+        tx.execute(
+            "INSERT INTO snapshots (seq, taken_at, body) VALUES ($1, $2, $3) ON CONFLICT (seq) DO NOTHING",
+            &[&seq, &taken_at, &body],
+        )
+        .map_err(backend)?;
+        tx.execute("DELETE FROM snapshots WHERE seq < $1", &[&seq])
+            .map_err(backend)?;
+        tx.commit().map_err(backend)
+    }
+}

@@ -1,0 +1,160 @@
+//! The embedded journal: one SQLite file, WAL, `synchronous=FULL`.
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::journal::{decode, encode, nanos, Journal, JournalError, MIGRATIONS};
+use super::model::JournalEntry;
+use super::state::State;
+
+fn backend(e: rusqlite::Error) -> JournalError {
+    JournalError::Backend(format!("sqlite: {e}"))
+}
+
+/// A journal in one SQLite file.
+pub struct SqliteJournal {
+    conn: Connection,
+    epoch: i64,
+}
+
+impl SqliteJournal {
+    /// Opens (or creates) the file, migrates it and takes the next epoch.
+    pub fn open(path: &str) -> Result<Self, JournalError> {
+        let conn = Connection::open(path).map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
+        conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
+            .map_err(backend)?;
+        let mut journal = SqliteJournal { conn, epoch: 0 };
+        journal.migrate()?;
+        journal.epoch = journal
+            .conn
+            .query_row(
+                "UPDATE writer_epoch SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(backend)?;
+        Ok(journal)
+    }
+
+    fn migrate(&mut self) -> Result<(), JournalError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        for (version, sql) in MIGRATIONS {
+            let done: Option<i64> = tx
+                .query_row(
+                    "SELECT version FROM schema_migrations WHERE version = ?1",
+                    [version],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            if done.is_none() {
+                tx.execute_batch(sql).map_err(backend)?;
+                tx.execute("INSERT INTO schema_migrations (version) VALUES (?1)", [version])
+                    .map_err(backend)?;
+            }
+        }
+        tx.commit().map_err(backend)
+    }
+}
+
+impl Journal for SqliteJournal {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    fn append(&mut self, entries: &[JournalEntry]) -> Result<(), JournalError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let stored: i64 = tx
+            .query_row("SELECT epoch FROM writer_epoch WHERE id = 1", [], |r| r.get(0))
+            .map_err(backend)?;
+        if stored != self.epoch {
+            return Err(JournalError::Fenced {
+                ours: self.epoch,
+                stored,
+            });
+        }
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO journal (seq, account, idem_key, recorded_at, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(backend)?;
+            for entry in entries {
+                let seq = i64::try_from(entry.seq).map_err(|_| JournalError::Backend("sequence overflow".into()))?;
+                insert
+                    .execute(params![seq, entry.account, entry.key, nanos(entry)?, encode(entry)?])
+                    .map_err(backend)?;
+            }
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn latest_snapshot(&mut self) -> Result<Option<State>, JournalError> {
+        let row: Option<(i64, String)> = self
+            .conn
+            .query_row("SELECT seq, body FROM snapshots ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(backend)?;
+        row.map(|(seq, body)| {
+            serde_json::from_str(&body).map_err(|e| JournalError::Corrupt {
+                seq: seq as u64,
+                message: format!("snapshot: {e}"),
+            })
+        })
+        .transpose()
+    }
+
+    fn replay_after(&mut self, seq: u64, f: &mut dyn FnMut(JournalEntry)) -> Result<(), JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, recorded_at, account, idem_key, body FROM journal WHERE seq > ?1 ORDER BY seq")
+            .map_err(backend)?;
+        let mut rows = stmt.query([seq as i64]).map_err(backend)?;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let seq: i64 = row.get(0).map_err(backend)?;
+            let body: String = row.get(4).map_err(backend)?;
+            let entry = decode(
+                seq as u64,
+                row.get(1).map_err(backend)?,
+                row.get(2).map_err(backend)?,
+                row.get(3).map_err(backend)?,
+                &body,
+            )?;
+            f(entry);
+        }
+        Ok(())
+    }
+
+    fn save_snapshot(&mut self, state: &State) -> Result<(), JournalError> {
+        let body =
+            serde_json::to_string(state).map_err(|e| JournalError::Backend(format!("encoding snapshot: {e}")))?;
+        let taken_at = i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        tx.execute(
+            "INSERT INTO snapshots (seq, taken_at, body) VALUES (?1, ?2, ?3) ON CONFLICT (seq) DO NOTHING",
+            params![state.last_seq as i64, taken_at, body],
+        )
+        .map_err(backend)?;
+        // Older snapshots are no longer needed for recovery.
+        tx.execute("DELETE FROM snapshots WHERE seq < ?1", [state.last_seq as i64])
+            .map_err(backend)?;
+        tx.commit().map_err(backend)
+    }
+}

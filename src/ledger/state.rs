@@ -1,0 +1,1214 @@
+//! The ledger state machine.
+//!
+//! [`State::handle`] validates a command against the current state and, if
+//! it is accepted, emits journal events and applies them; a refused command
+//! emits nothing. [`State::apply`] applies one event and is all that replay
+//! needs, so recovery reproduces the live state exactly.
+//!
+//! Cycle resets are O(1) in members: every per-cycle figure carries the
+//! cycle number it belongs to, and a figure of an older cycle reads as
+//! zero. The first write to a member in a new cycle moves its old figures
+//! into its history.
+
+use std::collections::{BTreeMap, HashMap};
+
+use jiff::civil::DateTime;
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use super::error::LedgerError;
+use super::model::*;
+use super::numbers;
+use crate::amount::Amount;
+use crate::cycle::{time_zone, CycleWindow, Schedule};
+
+/// Longest hold accepted: a week.
+pub const MAX_HOLD_TTL_SECONDS: u64 = 7 * 86_400;
+/// No single scope may accumulate more than this: far beyond any real
+/// figure, far inside the decimal range.
+const CEILING: i64 = 1_000_000_000_000_000_000;
+
+/// Figures that belong to one cycle.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    pub cycle: u64,
+    pub used: Amount,
+    pub granted: Amount,
+    /// Credits granted by auto-approval (groups only).
+    pub auto_granted: Amount,
+}
+
+impl Tally {
+    /// The figures as of `cycle`: zero when they belong to an older one.
+    pub fn at(&self, cycle: u64) -> Tally {
+        if self.cycle == cycle {
+            self.clone()
+        } else {
+            Tally {
+                cycle,
+                ..Tally::default()
+            }
+        }
+    }
+
+    /// Moves the tally to `cycle`, returning the figures it held before
+    /// when they belonged to an older cycle.
+    fn roll(&mut self, cycle: u64) -> Option<Tally> {
+        if self.cycle == cycle {
+            return None;
+        }
+        let old = std::mem::replace(
+            self,
+            Tally {
+                cycle,
+                ..Tally::default()
+            },
+        );
+        Some(old)
+    }
+}
+
+/// A closed cycle of a member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberCycle {
+    pub group: String,
+    pub monthly: Amount,
+    pub extra: Amount,
+    pub used: Amount,
+    pub granted: Amount,
+}
+
+/// A user's allocation and figures, kept for good under its user id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub spec: MemberSpec,
+    /// Signup credits recorded at enrolment.
+    pub signup: Amount,
+    pub active: bool,
+    pub tally: Tally,
+    pub held: Amount,
+    pub history: BTreeMap<u64, MemberCycle>,
+}
+
+impl Member {
+    /// Monthly credits in force: the spec's, else the recorded signup credits.
+    pub fn monthly(&self) -> Amount {
+        self.spec.monthly_credits.unwrap_or(self.signup)
+    }
+}
+
+/// A group's settings and running figures (sums over its active members).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub name: String,
+    pub settings: GroupSettings,
+    /// False while the group is missing (members may still name it).
+    pub active: bool,
+    pub tally: Tally,
+    pub held: Amount,
+}
+
+/// One group as a cycle closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosedGroup {
+    pub name: String,
+    pub settings: GroupSettings,
+    pub used: Amount,
+    pub granted: Amount,
+    pub auto_granted: Amount,
+}
+
+/// An account's cycle after it closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosedCycle {
+    pub window: CycleWindow,
+    pub credits_per_cycle: Amount,
+    pub used: Amount,
+    pub groups: Vec<ClosedGroup>,
+}
+
+/// A credit request as the ledger knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub uid: String,
+    pub name: String,
+    /// The MemberAllocation name the request is for.
+    pub member: String,
+    pub credits: Amount,
+    pub reason: String,
+    pub phase: Phase,
+    pub approved_credits: Option<Amount>,
+    pub submitted_at: Timestamp,
+    pub decided_at: Option<Timestamp>,
+    pub decided_by: Option<String>,
+    pub decision_reason: Option<String>,
+    pub cycle: Option<u64>,
+}
+
+impl Request {
+    pub fn view(&self) -> RequestView {
+        RequestView {
+            uid: self.uid.clone(),
+            name: self.name.clone(),
+            member: self.member.clone(),
+            credits: self.credits,
+            reason: self.reason.clone(),
+            phase: self.phase,
+            approved_credits: self.approved_credits,
+            submitted_at: self.submitted_at,
+            decided_at: self.decided_at,
+            decided_by: self.decided_by.clone(),
+            decision_reason: self.decision_reason.clone(),
+            cycle: self.cycle,
+        }
+    }
+}
+
+/// Credits reserved for a member until settled, released or expired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub id: String,
+    pub member: String,
+    pub charge: Charge,
+    pub credits: Amount,
+    pub state: HoldState,
+    pub expires_at: Timestamp,
+    pub settled_credits: Option<Amount>,
+}
+
+impl Hold {
+    pub fn view(&self, duplicate: bool) -> HoldView {
+        HoldView {
+            id: self.id.clone(),
+            member: self.member.clone(),
+            credits: self.credits,
+            state: self.state,
+            expires_at: self.expires_at,
+            settled_credits: self.settled_credits,
+            duplicate,
+        }
+    }
+}
+
+/// What an idempotency key answered the first time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyAnswer {
+    Usage(UsageReceipt),
+    Hold(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub fingerprint: String,
+    pub answer: KeyAnswer,
+}
+
+/// When and why the current cycle began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastReset {
+    pub at: Timestamp,
+    pub reason: ResetReason,
+}
+
+/// One account and everything in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: AccountId,
+    pub settings: AccountSettings,
+    pub active: bool,
+    pub anchor: Timestamp,
+    pub anchor_wall: DateTime,
+    pub cycle: CycleWindow,
+    pub last_reset: Option<LastReset>,
+    /// The latest reset annotation applied.
+    pub reset_mark: Option<Timestamp>,
+    /// Credits used this cycle by everyone, removed members included.
+    pub used: Amount,
+    pub held: Amount,
+    pub closed: Vec<ClosedCycle>,
+    pub groups: BTreeMap<String, Group>,
+    /// Members by user id.
+    pub members: BTreeMap<String, Member>,
+    /// User id by MemberAllocation name.
+    pub names: BTreeMap<String, String>,
+    /// Requests by uid.
+    pub requests: BTreeMap<String, Request>,
+    pub holds: BTreeMap<String, Hold>,
+    pub keys: HashMap<String, KeyRecord>,
+}
+
+impl Account {
+    fn new(id: AccountId, settings: AccountSettings) -> Self {
+        Account {
+            id,
+            settings,
+            active: true,
+            anchor: Timestamp::UNIX_EPOCH,
+            anchor_wall: DateTime::default(),
+            cycle: CycleWindow {
+                number: 0,
+                start: Timestamp::UNIX_EPOCH,
+                end: Timestamp::MAX,
+            },
+            last_reset: None,
+            reset_mark: None,
+            used: Amount::ZERO,
+            held: Amount::ZERO,
+            closed: Vec::new(),
+            groups: BTreeMap::new(),
+            members: BTreeMap::new(),
+            names: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            holds: BTreeMap::new(),
+            keys: HashMap::new(),
+        }
+    }
+
+    /// The schedule in force: the recorded anchor, the current cadence
+    /// and time zone.
+    pub fn schedule(&self) -> Result<Schedule, LedgerError> {
+        let tz = time_zone(&self.settings.timezone).map_err(|e| LedgerError::field("spec.timezone", e))?;
+        Ok(Schedule::new(self.settings.cadence, self.anchor, self.anchor_wall, tz))
+    }
+
+    /// The group a member counts in.
+    pub fn group_of<'a>(&'a self, member: &'a Member) -> &'a str {
+        member.spec.group.as_deref().unwrap_or(&self.settings.default_group)
+    }
+
+    /// The member a MemberAllocation name refers to.
+    pub fn member_by_name(&self, name: &str) -> Option<&Member> {
+        self.names.get(name).and_then(|id| self.members.get(id))
+    }
+
+    /// A group's entry, created (inactive) when a member names a group
+    /// that does not exist yet, with its tally moved to the current cycle.
+    fn group_entry(&mut self, name: &str) -> &mut Group {
+        let cycle = self.cycle.number;
+        let group = self.groups.entry(name.to_string()).or_insert_with(|| Group {
+            name: name.to_string(),
+            ..Group::default()
+        });
+        group.tally.roll(cycle);
+        group
+    }
+
+    /// A member with its tally moved to the current cycle; the figures of
+    /// the cycle it leaves go to its history.
+    fn member_entry(&mut self, user_id: &str) -> Option<&mut Member> {
+        let cycle = self.cycle.number;
+        let default_group = self.settings.default_group.clone();
+        let member = self.members.get_mut(user_id)?;
+        if let Some(old) = member.tally.roll(cycle) {
+            if old.cycle != 0 && (!old.used.is_zero() || !old.granted.is_zero()) {
+                let group = member.spec.group.clone().unwrap_or(default_group);
+                member.history.insert(
+                    old.cycle,
+                    MemberCycle {
+                        group,
+                        monthly: member.monthly(),
+                        extra: member.spec.extra_credits,
+                        used: old.used,
+                        granted: old.granted,
+                    },
+                );
+            }
+        }
+        Some(member)
+    }
+
+    /// Adds (`sign` = 1) or removes (`sign` = -1) a member's current
+    /// figures to or from the group it counts in.
+    fn count_member_in_group(&mut self, user_id: &str, sign: i64) {
+        let Some(member) = self.member_entry(user_id) else {
+            return;
+        };
+        let tally = member.tally.clone();
+        let held = member.held;
+        let group_name = member
+            .spec
+            .group
+            .clone()
+            .unwrap_or_else(|| self.settings.default_group.clone());
+        let group = self.group_entry(&group_name);
+        let s = Amount::from_int(sign);
+        let scale = |a: Amount| Amount::from_decimal(a.decimal() * s.decimal());
+        group.tally.used += scale(tally.used);
+        group.tally.granted += scale(tally.granted);
+        group.held += scale(held);
+    }
+
+    /// Debits `credits` from a member (its group when active) and the account.
+    fn debit(&mut self, user_id: &str, credits: Amount) {
+        let Some(member) = self.member_entry(user_id) else {
+            return;
+        };
+        member.tally.used += credits;
+        let active = member.active;
+        let group = self
+            .group_of(self.members.get(user_id).expect("member exists"))
+            .to_string();
+        if active {
+            self.group_entry(&group).tally.used += credits;
+        }
+        self.used += credits;
+    }
+
+    /// Changes the credits held for a member, its group and the account.
+    fn hold_delta(&mut self, user_id: &str, delta: Amount) {
+        let Some(member) = self.members.get_mut(user_id) else {
+            return;
+        };
+        member.held += delta;
+        if member.active {
+            let group = member
+                .spec
+                .group
+                .clone()
+                .unwrap_or_else(|| self.settings.default_group.clone());
+            self.group_entry(&group).held += delta;
+        }
+        self.held += delta;
+    }
+
+    fn usage_receipt(&self, user_id: &str, credits: Amount) -> UsageReceipt {
+        let figures = self
+            .members
+            .get(user_id)
+            .map(|m| numbers::member(self, m, self.cycle.number));
+        UsageReceipt {
+            duplicate: false,
+            credits,
+            member_used: figures.as_ref().map(|f| f.used).unwrap_or_default(),
+            member_remaining: figures.as_ref().map(|f| f.remaining).unwrap_or_default(),
+        }
+    }
+}
+
+/// Every account the ledger knows, and the number of the last event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub accounts: BTreeMap<AccountId, Account>,
+    pub last_seq: u64,
+}
+
+/// Collects the events a command emits, applying each as it goes.
+struct Emitter<'a> {
+    state: &'a mut State,
+    out: &'a mut Vec<JournalEntry>,
+    now: Timestamp,
+}
+
+impl Emitter<'_> {
+    fn emit(&mut self, account: &str, key: Option<String>, event: Event) {
+        let entry = JournalEntry {
+            seq: self.state.last_seq + 1,
+            at: self.now,
+            account: account.to_string(),
+            key,
+            event,
+        };
+        self.state.apply(&entry);
+        self.out.push(entry);
+    }
+}
+
+fn fingerprint_usage(member: &str, charge: Charge) -> String {
+    format!("usage|{member}|{}", charge.fingerprint())
+}
+
+fn fingerprint_hold(member: &str, charge: Charge, ttl: u64) -> String {
+    format!("hold|{member}|{}|ttl={ttl}", charge.fingerprint())
+}
+
+impl State {
+    pub fn account(&self, id: &str) -> Option<&Account> {
+        self.accounts.get(id)
+    }
+
+    /// The account a caller may act on: known and active.
+    pub fn active_account(&self, id: &str) -> Result<&Account, LedgerError> {
+        self.accounts
+            .get(id)
+            .filter(|a| a.active)
+            .ok_or_else(|| LedgerError::UnknownAccount(id.to_string()))
+    }
+
+    /// True when a boundary or a hold expiry is due at `now` somewhere.
+    pub fn is_due(&self, account: Option<&str>, now: Timestamp) -> bool {
+        let due = |a: &Account| {
+            a.active
+                && (a.cycle.end <= now
+                    || a.holds
+                        .values()
+                        .any(|h| h.state == HoldState::Open && h.expires_at <= now))
+        };
+        match account {
+            Some(id) => self.accounts.get(id).is_some_and(due),
+            None => self.accounts.values().any(due),
+        }
+    }
+
+    /// Validates `cmd` at `now`; if accepted, appends its events to `out`
+    /// (already applied) and answers. A refused command emits no event of
+    /// its own, though due boundaries it found are still applied.
+    pub fn handle(
+        &mut self,
+        cmd: Command,
+        now: Timestamp,
+        out: &mut Vec<JournalEntry>,
+    ) -> Result<Outcome, LedgerError> {
+        let mut em = Emitter { state: self, out, now };
+        handle(&mut em, cmd)
+    }
+
+    /// Applies one journal event. Events were validated when emitted, so
+    /// this never refuses; anything it cannot place is ignored.
+    pub fn apply(&mut self, entry: &JournalEntry) {
+        self.last_seq = entry.seq;
+        let at = entry.at;
+        if let Event::AccountConfigured { settings } = &entry.event {
+            let account = self
+                .accounts
+                .entry(entry.account.clone())
+                .or_insert_with(|| Account::new(entry.account.clone(), settings.clone()));
+            let old_default = account.settings.default_group.clone();
+            if old_default != settings.default_group {
+                // Members without a group follow the default group.
+                let followers: Vec<String> = account
+                    .members
+                    .values()
+                    .filter(|m| m.active && m.spec.group.is_none())
+                    .map(|m| m.spec.user_id.clone())
+                    .collect();
+                for id in &followers {
+                    account.count_member_in_group(id, -1);
+                }
+                account.settings = settings.clone();
+                for id in &followers {
+                    account.count_member_in_group(id, 1);
+                }
+            }
+            account.settings = settings.clone();
+            account.active = true;
+            return;
+        }
+        let Some(account) = self.accounts.get_mut(&entry.account) else {
+            return;
+        };
+        match &entry.event {
+            Event::AccountConfigured { .. } => {}
+            Event::AccountRemoved => account.active = false,
+            Event::CycleStarted {
+                number,
+                start,
+                end,
+                anchor,
+                anchor_wall,
+                reason,
+                mark,
+            } => {
+                if account.cycle.number > 0 {
+                    let closing = account.cycle.number;
+                    account.closed.push(ClosedCycle {
+                        window: CycleWindow {
+                            number: closing,
+                            start: account.cycle.start,
+                            end: *start,
+                        },
+                        credits_per_cycle: account.settings.credits_per_cycle,
+                        used: account.used,
+                        groups: account
+                            .groups
+                            .values()
+                            .filter(|g| g.active)
+                            .map(|g| {
+                                let t = g.tally.at(closing);
+                                ClosedGroup {
+                                    name: g.name.clone(),
+                                    settings: g.settings.clone(),
+                                    used: t.used,
+                                    granted: t.granted,
+                                    auto_granted: t.auto_granted,
+                                }
+                            })
+                            .collect(),
+                    });
+                }
+                account.cycle = CycleWindow {
+                    number: *number,
+                    start: *start,
+                    end: *end,
+                };
+                account.anchor = *anchor;
+                account.anchor_wall = *anchor_wall;
+                account.used = Amount::ZERO;
+                account.last_reset = Some(LastReset { at, reason: *reason });
+                if mark.is_some() {
+                    account.reset_mark = *mark;
+                }
+            }
+            Event::CycleRetimed { end } => account.cycle.end = *end,
+            Event::GroupConfigured { name, settings } => {
+                let g = account.group_entry(name);
+                g.settings = settings.clone();
+                g.active = true;
+            }
+            Event::GroupRemoved { name } => {
+                if let Some(g) = account.groups.get_mut(name) {
+                    g.active = false;
+                }
+            }
+            Event::MemberConfigured { spec, signup } => {
+                let id = spec.user_id.clone();
+                let was_active = account.members.get(&id).is_some_and(|m| m.active);
+                if was_active {
+                    account.count_member_in_group(&id, -1);
+                }
+                let cycle = account.cycle.number;
+                let member = account.members.entry(id.clone()).or_insert_with(|| Member {
+                    spec: spec.clone(),
+                    signup: signup.unwrap_or_default(),
+                    active: false,
+                    tally: Tally {
+                        cycle,
+                        ..Tally::default()
+                    },
+                    held: Amount::ZERO,
+                    history: BTreeMap::new(),
+                });
+                let old_name = std::mem::replace(&mut member.spec, spec.clone()).name;
+                member.active = true;
+                if old_name != spec.name && account.names.get(&old_name) == Some(&id) {
+                    account.names.remove(&old_name);
+                }
+                account.names.insert(spec.name.clone(), id.clone());
+                account.count_member_in_group(&id, 1);
+            }
+            Event::MemberRemoved { user_id } => {
+                if account.members.get(user_id).is_some_and(|m| m.active) {
+                    account.count_member_in_group(user_id, -1);
+                    if let Some(m) = account.members.get_mut(user_id) {
+                        m.active = false;
+                    }
+                }
+            }
+            Event::UsageRecorded {
+                member,
+                charge,
+                credits,
+                ..
+            } => {
+                account.debit(member, *credits);
+                if let Some(key) = &entry.key {
+                    let receipt = account.usage_receipt(member, *credits);
+                    account.keys.insert(
+                        key.clone(),
+                        KeyRecord {
+                            fingerprint: fingerprint_usage(member, *charge),
+                            answer: KeyAnswer::Usage(receipt),
+                        },
+                    );
+                }
+            }
+            Event::RequestSubmitted {
+                uid,
+                name,
+                member,
+                credits,
+                reason,
+            } => {
+                account.requests.insert(
+                    uid.clone(),
+                    Request {
+                        uid: uid.clone(),
+                        name: name.clone(),
+                        member: member.clone(),
+                        credits: *credits,
+                        reason: reason.clone(),
+                        phase: Phase::Pending,
+                        approved_credits: None,
+                        submitted_at: at,
+                        decided_at: None,
+                        decided_by: None,
+                        decision_reason: None,
+                        cycle: None,
+                    },
+                );
+            }
+            Event::RequestDecided {
+                uid,
+                phase,
+                credits,
+                by,
+                reason,
+            } => {
+                let cycle = account.cycle.number;
+                let Some(request) = account.requests.get_mut(uid) else {
+                    return;
+                };
+                request.phase = *phase;
+                request.decided_at = Some(at);
+                request.decided_by = Some(by.clone());
+                request.decision_reason = (!reason.is_empty()).then(|| reason.clone());
+                request.cycle = Some(cycle);
+                if *phase == Phase::Denied {
+                    return;
+                }
+                request.approved_credits = Some(*credits);
+                let member_name = request.member.clone();
+                let Some(user_id) = account.names.get(&member_name).cloned() else {
+                    return;
+                };
+                let Some(member) = account.member_entry(&user_id) else {
+                    return;
+                };
+                member.tally.granted += *credits;
+                let active = member.active;
+                let group = account.group_of(&account.members[&user_id]).to_string();
+                if active {
+                    let g = account.group_entry(&group);
+                    g.tally.granted += *credits;
+                    if *phase == Phase::AutoApproved {
+                        g.tally.auto_granted += *credits;
+                    }
+                }
+            }
+            Event::HoldOpened {
+                id,
+                member,
+                charge,
+                credits,
+                expires_at,
+            } => {
+                account.holds.insert(
+                    id.clone(),
+                    Hold {
+                        id: id.clone(),
+                        member: member.clone(),
+                        charge: *charge,
+                        credits: *credits,
+                        state: HoldState::Open,
+                        expires_at: *expires_at,
+                        settled_credits: None,
+                    },
+                );
+                account.hold_delta(member, *credits);
+                if let Some(key) = &entry.key {
+                    let ttl = expires_at.as_second() - at.as_second();
+                    account.keys.insert(
+                        key.clone(),
+                        KeyRecord {
+                            fingerprint: fingerprint_hold(member, *charge, ttl.max(0) as u64),
+                            answer: KeyAnswer::Hold(id.clone()),
+                        },
+                    );
+                }
+            }
+            Event::HoldSettled { id, credits, .. } => {
+                let Some(hold) = account.holds.get_mut(id) else { return };
+                let was_open = hold.state == HoldState::Open;
+                hold.state = HoldState::Settled;
+                hold.settled_credits = Some(*credits);
+                let (member, held) = (hold.member.clone(), hold.credits);
+                if was_open {
+                    account.hold_delta(&member, Amount::ZERO - held);
+                }
+                account.debit(&member, *credits);
+            }
+            Event::HoldReleased { id } | Event::HoldExpired { id } => {
+                let Some(hold) = account.holds.get_mut(id) else { return };
+                if hold.state != HoldState::Open {
+                    return;
+                }
+                hold.state = if matches!(entry.event, Event::HoldReleased { .. }) {
+                    HoldState::Released
+                } else {
+                    HoldState::Expired
+                };
+                let (member, held) = (hold.member.clone(), hold.credits);
+                account.hold_delta(&member, Amount::ZERO - held);
+            }
+        }
+    }
+}
+
+/// Applies boundaries and hold expiries due at `now` for one account.
+fn catch_up(em: &mut Emitter, account_id: &str) -> Result<(), LedgerError> {
+    let now = em.now;
+    let Some(account) = em.state.accounts.get(account_id).filter(|a| a.active) else {
+        return Ok(());
+    };
+    if account.cycle.end <= now {
+        let schedule = account.schedule()?;
+        let (start, end) = schedule.window_at(now);
+        let event = Event::CycleStarted {
+            number: account.cycle.number + 1,
+            start,
+            end,
+            anchor: account.anchor,
+            anchor_wall: account.anchor_wall,
+            reason: ResetReason::Scheduled,
+            mark: None,
+        };
+        em.emit(account_id, None, event);
+    }
+    let account = &em.state.accounts[account_id];
+    let expired: Vec<String> = account
+        .holds
+        .values()
+        .filter(|h| h.state == HoldState::Open && h.expires_at <= now)
+        .map(|h| h.id.clone())
+        .collect();
+    for id in expired {
+        em.emit(account_id, None, Event::HoldExpired { id });
+    }
+    Ok(())
+}
+
+/// Credits a charge costs in an account; 0 while tracking is disabled.
+fn credits_for(account: &Account, charge: Charge) -> Result<Amount, LedgerError> {
+    charge.validate()?;
+    if !account.settings.tracking_enabled() {
+        return Ok(Amount::ZERO);
+    }
+    let credits = match charge {
+        Charge::Credits(a) => a,
+        Charge::CostUsd(usd) => usd
+            .convert(account.settings.credit_factor)
+            .ok_or_else(|| LedgerError::field("costUsd", "is too large to convert to credits"))?,
+    };
+    if credits.decimal() >= rust_decimal::Decimal::from(CEILING) {
+        return Err(LedgerError::field(charge_field(charge), "is too large"));
+    }
+    Ok(credits)
+}
+
+fn charge_field(charge: Charge) -> &'static str {
+    match charge {
+        Charge::Credits(_) => "credits",
+        Charge::CostUsd(_) => "costUsd",
+    }
+}
+
+/// Refuses a debit that would push a running figure past the ceiling.
+fn check_room(account: &Account, user_id: &str, credits: Amount, charge: Charge) -> Result<(), LedgerError> {
+    let ceiling = rust_decimal::Decimal::from(CEILING);
+    let member_used = account.members.get(user_id).map(|m| m.tally.used).unwrap_or_default();
+    if (account.used + credits).decimal() >= ceiling || (member_used + credits).decimal() >= ceiling {
+        return Err(LedgerError::field(
+            charge_field(charge),
+            "would take usage beyond the ledger's range",
+        ));
+    }
+    Ok(())
+}
+
+fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
+    let now = em.now;
+    match cmd {
+        Command::Tick { account } => {
+            let ids: Vec<String> = match account {
+                Some(id) => vec![id],
+                None => em.state.accounts.keys().cloned().collect(),
+            };
+            for id in ids {
+                catch_up(em, &id)?;
+            }
+            Ok(Outcome::Done)
+        }
+        Command::ApplyAccount { account: id, settings } => {
+            check_name("metadata.name", &id)?;
+            let tz = time_zone(&settings.timezone).map_err(|e| LedgerError::field("spec.timezone", e))?;
+            check_name("spec.defaultGroup", &settings.default_group)?;
+            catch_up(em, &id)?;
+            match em.state.accounts.get(&id) {
+                None => {
+                    let (anchor, anchor_wall) = Schedule::first_anchor(settings.cadence, &tz, now);
+                    let schedule = Schedule::new(settings.cadence, anchor, anchor_wall, tz);
+                    let (start, end) = schedule.window_at(now);
+                    em.emit(&id, None, Event::AccountConfigured { settings });
+                    let started = Event::CycleStarted {
+                        number: 1,
+                        start,
+                        end,
+                        anchor,
+                        anchor_wall,
+                        reason: ResetReason::Created,
+                        mark: None,
+                    };
+                    em.emit(&id, None, started);
+                }
+                Some(existing) if existing.settings == settings && existing.active => {}
+                Some(existing) => {
+                    let cadence_changed = existing.settings.cadence != settings.cadence;
+                    let tz_changed = existing.settings.timezone != settings.timezone;
+                    let (number, cycle_start) = (existing.cycle.number, existing.cycle.start);
+                    let (anchor, anchor_wall) = (existing.anchor, existing.anchor_wall);
+                    em.emit(
+                        &id,
+                        None,
+                        Event::AccountConfigured {
+                            settings: settings.clone(),
+                        },
+                    );
+                    if cadence_changed {
+                        let (anchor, anchor_wall) = Schedule::anchor_now(&tz, now);
+                        let schedule = Schedule::new(settings.cadence, anchor, anchor_wall, tz);
+                        let started = Event::CycleStarted {
+                            number: number + 1,
+                            start: now,
+                            end: schedule.next_after(now),
+                            anchor,
+                            anchor_wall,
+                            reason: ResetReason::CadenceChanged,
+                            mark: None,
+                        };
+                        em.emit(&id, None, started);
+                    } else if tz_changed {
+                        // Same cycle, same start; its end follows the
+                        // anchor's wall-clock time in the new zone.
+                        let schedule = Schedule::new(settings.cadence, anchor, anchor_wall, tz);
+                        let end = schedule.next_after(cycle_start.max(now));
+                        em.emit(&id, None, Event::CycleRetimed { end });
+                    }
+                    catch_up(em, &id)?;
+                }
+            }
+            Ok(Outcome::Done)
+        }
+        Command::RemoveAccount { account } => {
+            if em.state.accounts.get(&account).is_some_and(|a| a.active) {
+                em.emit(&account, None, Event::AccountRemoved);
+            }
+            Ok(Outcome::Done)
+        }
+        Command::ApplyGroup {
+            account,
+            name,
+            settings,
+        } => {
+            check_name("metadata.name", &name)?;
+            GroupSettings::new(
+                settings.monthly_credits,
+                settings.extra_credits,
+                settings.auto_approve_reserve,
+            )?;
+            em.state.active_account(&account)?;
+            catch_up(em, &account)?;
+            let acct = &em.state.accounts[&account];
+            let unchanged = acct
+                .groups
+                .get(&name)
+                .is_some_and(|g| g.active && g.settings == settings);
+            if !unchanged {
+                em.emit(&account, None, Event::GroupConfigured { name, settings });
+            }
+            Ok(Outcome::Done)
+        }
+        Command::RemoveGroup { account, name } => {
+            em.state.active_account(&account)?;
+            if em.state.accounts[&account].groups.get(&name).is_some_and(|g| g.active) {
+                em.emit(&account, None, Event::GroupRemoved { name });
+            }
+            Ok(Outcome::Done)
+        }
+        Command::ApplyMember { account, member: spec } => {
+            spec.validate()?;
+            let acct = em.state.active_account(&account)?;
+            if let Some(existing) = acct.members.get(&spec.user_id) {
+                if existing.active && existing.spec.name != spec.name {
+                    return Err(LedgerError::DuplicateUserId {
+                        user_id: spec.user_id.clone(),
+                        owner: existing.spec.name.clone(),
+                    });
+                }
+                if existing.active && existing.spec == spec {
+                    return Ok(Outcome::Done);
+                }
+            }
+            // The object now names another user id: the old one leaves.
+            let replaced = acct
+                .names
+                .get(&spec.name)
+                .filter(|id| **id != spec.user_id && acct.members.get(*id).is_some_and(|m| m.active))
+                .cloned();
+            let signup = (!acct.members.contains_key(&spec.user_id)).then_some(acct.settings.signup_credits);
+            catch_up(em, &account)?;
+            if let Some(old) = replaced {
+                em.emit(&account, None, Event::MemberRemoved { user_id: old });
+            }
+            em.emit(&account, None, Event::MemberConfigured { spec, signup });
+            Ok(Outcome::Done)
+        }
+        Command::RemoveMember { account, user_id } => {
+            let acct = em.state.active_account(&account)?;
+            match acct.members.get(&user_id) {
+                None => Err(LedgerError::UnknownMember(user_id)),
+                Some(m) if !m.active => Ok(Outcome::Done),
+                Some(_) => {
+                    catch_up(em, &account)?;
+                    em.emit(&account, None, Event::MemberRemoved { user_id });
+                    Ok(Outcome::Done)
+                }
+            }
+        }
+        Command::Reset { account, mark } => {
+            em.state.active_account(&account)?;
+            catch_up(em, &account)?;
+            let acct = &em.state.accounts[&account];
+            if let (Some(m), Some(last)) = (mark, acct.reset_mark) {
+                if m <= last {
+                    return Ok(Outcome::Cycle(acct.cycle));
+                }
+            }
+            let tz = time_zone(&acct.settings.timezone).map_err(|e| LedgerError::field("spec.timezone", e))?;
+            let (anchor, anchor_wall) = Schedule::anchor_now(&tz, now);
+            let schedule = Schedule::new(acct.settings.cadence, anchor, anchor_wall, tz);
+            let started = Event::CycleStarted {
+                number: acct.cycle.number + 1,
+                start: now,
+                end: schedule.next_after(now),
+                anchor,
+                anchor_wall,
+                reason: ResetReason::Manual,
+                mark,
+            };
+            em.emit(&account, None, started);
+            Ok(Outcome::Cycle(em.state.accounts[&account].cycle))
+        }
+        Command::RecordUsage {
+            account,
+            member,
+            charge,
+            key,
+            occurred_at,
+        } => {
+            check_key(&key)?;
+            check_name("member", &member)?;
+            let acct = em.state.active_account(&account)?;
+            let credits = credits_for(acct, charge)?;
+            if let Some(record) = acct.keys.get(&key) {
+                return match (&record.answer, record.fingerprint == fingerprint_usage(&member, charge)) {
+                    (KeyAnswer::Usage(receipt), true) => Ok(Outcome::Usage(UsageReceipt {
+                        duplicate: true,
+                        ..receipt.clone()
+                    })),
+                    _ => Err(LedgerError::IdempotencyConflict(key)),
+                };
+            }
+            if !acct.members.contains_key(&member) {
+                return Err(LedgerError::UnknownMember(member));
+            }
+            check_room(acct, &member, credits, charge)?;
+            catch_up(em, &account)?;
+            let event = Event::UsageRecorded {
+                member,
+                charge,
+                credits,
+                occurred_at,
+            };
+            em.emit(&account, Some(key.clone()), event);
+            match &em.state.accounts[&account].keys[&key].answer {
+                KeyAnswer::Usage(r) => Ok(Outcome::Usage(r.clone())),
+                KeyAnswer::Hold(_) => Err(LedgerError::IdempotencyConflict(key)),
+            }
+        }
+        Command::SubmitRequest {
+            account,
+            uid,
+            name,
+            member,
+            credits,
+            reason,
+        } => {
+            check_name("metadata.uid", &uid)?;
+            check_name("metadata.name", &name)?;
+            check_name("spec.member", &member)?;
+            credits
+                .check_positive()
+                .map_err(|e| LedgerError::field("spec.credits", e))?;
+            if credits.decimal() >= rust_decimal::Decimal::from(CEILING) {
+                return Err(LedgerError::field("spec.credits", "is too large"));
+            }
+            check_request_reason(&reason)?;
+            let acct = em.state.active_account(&account)?;
+            if let Some(existing) = acct.requests.get(&uid) {
+                return Ok(Outcome::Request(existing.view()));
+            }
+            catch_up(em, &account)?;
+            let event = Event::RequestSubmitted {
+                uid: uid.clone(),
+                name,
+                member: member.clone(),
+                credits,
+                reason,
+            };
+            em.emit(&account, None, event);
+            let acct = &em.state.accounts[&account];
+            let reserve_left = acct
+                .member_by_name(&member)
+                .filter(|m| m.active)
+                .and_then(|m| acct.groups.get(acct.group_of(m)))
+                .filter(|g| g.active)
+                .map(|g| numbers::auto_approve_remaining(g, acct.cycle.number));
+            if reserve_left.is_some_and(|left| left >= credits) {
+                let decided = Event::RequestDecided {
+                    uid: uid.clone(),
+                    phase: Phase::AutoApproved,
+                    credits,
+                    by: "auto".to_string(),
+                    reason: String::new(),
+                };
+                em.emit(&account, None, decided);
+            }
+            Ok(Outcome::Request(em.state.accounts[&account].requests[&uid].view()))
+        }
+        Command::DecideRequest {
+            account,
+            uid,
+            verdict,
+            reason,
+            by,
+        } => {
+            check_request_reason(&reason)?;
+            let acct = em.state.active_account(&account)?;
+            let request = acct
+                .requests
+                .get(&uid)
+                .ok_or_else(|| LedgerError::UnknownRequest(uid.clone()))?;
+            if request.phase != Phase::Pending {
+                return Err(LedgerError::AlreadyDecided {
+                    name: request.name.clone(),
+                    phase: request.phase.as_str().to_string(),
+                });
+            }
+            let (phase, credits) = match verdict {
+                Verdict::Deny => (Phase::Denied, Amount::ZERO),
+                Verdict::Approve { credits } => {
+                    let c = credits.unwrap_or(request.credits);
+                    if c.decimal() <= rust_decimal::Decimal::ZERO || c > request.credits {
+                        return Err(LedgerError::InvalidApproval {
+                            requested: request.credits.to_string(),
+                            given: c.to_string(),
+                        });
+                    }
+                    if !acct.member_by_name(&request.member).is_some_and(|m| m.active) {
+                        return Err(LedgerError::MemberNotFound(request.member.clone()));
+                    }
+                    (Phase::Approved, c)
+                }
+            };
+            catch_up(em, &account)?;
+            em.emit(
+                &account,
+                None,
+                Event::RequestDecided {
+                    uid: uid.clone(),
+                    phase,
+                    credits,
+                    by,
+                    reason,
+                },
+            );
+            Ok(Outcome::Request(em.state.accounts[&account].requests[&uid].view()))
+        }
+        Command::OpenHold {
+            account,
+            member,
+            charge,
+            ttl_seconds,
+            key,
+        } => {
+            check_key(&key)?;
+            check_name("member", &member)?;
+            if ttl_seconds == 0 || ttl_seconds > MAX_HOLD_TTL_SECONDS {
+                return Err(LedgerError::field(
+                    "ttlSeconds",
+                    format!("must be between 1 and {MAX_HOLD_TTL_SECONDS}"),
+                ));
+            }
+            let acct = em.state.active_account(&account)?;
+            let credits = credits_for(acct, charge)?;
+            if let Some(record) = acct.keys.get(&key) {
+                return match (
+                    &record.answer,
+                    record.fingerprint == fingerprint_hold(&member, charge, ttl_seconds),
+                ) {
+                    (KeyAnswer::Hold(id), true) => Ok(Outcome::Hold(acct.holds[id].view(true))),
+                    _ => Err(LedgerError::IdempotencyConflict(key)),
+                };
+            }
+            if !acct.members.contains_key(&member) {
+                return Err(LedgerError::UnknownMember(member));
+            }
+            catch_up(em, &account)?;
+            let acct = &em.state.accounts[&account];
+            let verdict = numbers::authorize(acct, &member, credits)?;
+            if !verdict.allowed {
+                return Err(LedgerError::InsufficientCredits {
+                    remaining: verdict.remaining.unwrap_or_default().to_string(),
+                    limited_by: verdict.limited_by.map(|s| s.as_str()).unwrap_or("member").to_string(),
+                });
+            }
+            let id = format!("hold-{}", em.state.last_seq + 1);
+            let expires_at = now
+                .checked_add(SignedDuration::from_secs(ttl_seconds as i64))
+                .map_err(|_| LedgerError::field("ttlSeconds", "is out of range"))?;
+            let event = Event::HoldOpened {
+                id: id.clone(),
+                member,
+                charge,
+                credits,
+                expires_at,
+            };
+            em.emit(&account, Some(key), event);
+            Ok(Outcome::Hold(em.state.accounts[&account].holds[&id].view(false)))
+        }
+        Command::SettleHold { account, id, charge } => {
+            let acct = em.state.active_account(&account)?;
+            let credits = credits_for(acct, charge)?;
+            let hold = acct
+                .holds
+                .get(&id)
+                .ok_or_else(|| LedgerError::UnknownHold(id.clone()))?;
+            match hold.state {
+                HoldState::Settled => return Ok(Outcome::Hold(hold.view(true))),
+                HoldState::Released => {
+                    return Err(LedgerError::HoldClosed {
+                        id,
+                        state: "Released".to_string(),
+                    });
+                }
+                HoldState::Open | HoldState::Expired => {}
+            }
+            check_room(acct, &hold.member, credits, charge)?;
+            catch_up(em, &account)?;
+            em.emit(
+                &account,
+                None,
+                Event::HoldSettled {
+                    id: id.clone(),
+                    charge,
+                    credits,
+                },
+            );
+            Ok(Outcome::Hold(em.state.accounts[&account].holds[&id].view(false)))
+        }
+        Command::ReleaseHold { account, id } => {
+            let acct = em.state.active_account(&account)?;
+            let hold = acct
+                .holds
+                .get(&id)
+                .ok_or_else(|| LedgerError::UnknownHold(id.clone()))?;
+            if hold.state != HoldState::Open {
+                return Ok(Outcome::Hold(hold.view(true)));
+            }
+            catch_up(em, &account)?;
+            if em.state.accounts[&account].holds[&id].state == HoldState::Open {
+                em.emit(&account, None, Event::HoldReleased { id: id.clone() });
+            }
+            Ok(Outcome::Hold(em.state.accounts[&account].holds[&id].view(false)))
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The single writer: commands in order, events group-committed.
+//!
+//! One thread owns the journal. It takes every queued command (up to
+//! [`MAX_BATCH`]), applies each to the in-memory state, writes all their
+//! events in one transaction, and only then answers the callers. While a
+//! batch commits, the next one queues up, so the batch size follows the
+//! load: one commit per batch, not per event.
+//!
+//! Reads (figures, authorize) take the state's read lock and never touch
+//! the database. They may see a batch a moment before it is durable; if
+//! the commit fails, the writer reloads the state from the journal and
+//! every caller of that batch gets an error.
+
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::error::LedgerError;
+use super::journal::{self, Journal, JournalError};
+use super::model::{Charge, Command, JournalEntry, Outcome};
+use super::numbers::{self, Authorization};
+use super::state::State;
+use crate::clock::Clock;
+
+/// Most commands in one commit.
+pub const MAX_BATCH: usize = 4096;
+/// Commands that may wait for the writer before callers are slowed down.
+const QUEUE_DEPTH: usize = 65_536;
+/// Entries between snapshots.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 100_000;
+
+struct Job {
+    command: Command,
+    reply: oneshot::Sender<Result<Outcome, LedgerError>>,
+}
+
+/// Figures about commits, for metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CommitStats {
+    pub batches: u64,
+    pub entries: u64,
+    pub last_batch_size: u64,
+    pub last_commit_micros: u64,
+    pub total_commit_micros: u64,
+}
+
+struct Shared {
+    state: RwLock<State>,
+    stats: RwLock<CommitStats>,
+    fenced: RwLock<Option<i64>>,
+    backend: &'static str,
+}
+
+/// A handle to the ledger; clones share one writer.
+#[derive(Clone)]
+pub struct Ledger {
+    shared: Arc<Shared>,
+    tx: SyncSender<Job>,
+    clock: Arc<dyn Clock>,
+    writer: Arc<WriterThread>,
+}
+
+struct WriterThread(std::sync::Mutex<Option<JoinHandle<()>>>);
+
+/// Options for opening a ledger.
+#[derive(Debug, Clone, Copy)]
+pub struct LedgerOptions {
+    /// Entries between snapshots.
+    pub snapshot_every: u64,
+}
+
+impl Default for LedgerOptions {
+    fn default() -> Self {
+        LedgerOptions {
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+        }
+    }
+}
+
+impl Ledger {
+    /// Opens the journal at `url`, recovers the state and starts the writer.
+    pub fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Ledger, LedgerError> {
+        Ledger::open_with(url, clock, LedgerOptions::default())
+    }
+
+    pub fn open_with(url: &str, clock: Arc<dyn Clock>, options: LedgerOptions) -> Result<Ledger, LedgerError> {
+        let journal = journal::open(url)?;
+        Ledger::start(journal, clock, options)
+    }
+
+    /// Recovers from `journal` and starts the writer thread on it.
+    pub fn start(
+        mut journal: Box<dyn Journal>,
+        clock: Arc<dyn Clock>,
+        options: LedgerOptions,
+    ) -> Result<Ledger, LedgerError> {
+        let state = journal::recover(journal.as_mut())?;
+        let shared = Arc::new(Shared {
+            state: RwLock::new(state),
+            stats: RwLock::new(CommitStats::default()),
+            fenced: RwLock::new(None),
+            backend: journal.backend(),
+        });
+        let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
+        let writer_shared = shared.clone();
+        let writer_clock = clock.clone();
+        let handle = std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || run_writer(journal, writer_shared, writer_clock, rx, options))
+            .map_err(|e| LedgerError::Storage(format!("cannot start the writer thread: {e}")))?;
+        Ok(Ledger {
+            shared,
+            tx,
+            clock,
+            writer: Arc::new(WriterThread(std::sync::Mutex::new(Some(handle)))),
+        })
+    }
+
+    /// Which backend holds the journal.
+    pub fn backend(&self) -> &'static str {
+        self.shared.backend
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Queues a command; the answer arrives once its batch is durable.
+    pub fn submit(&self, command: Command) -> oneshot::Receiver<Result<Outcome, LedgerError>> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(mpsc::SendError(job)) = self.tx.send(Job { command, reply }) {
+            let _ = job.reply.send(Err(LedgerError::ShuttingDown));
+        }
+        rx
+    }
+
+    /// Runs a command and waits for its durable answer.
+    pub async fn execute(&self, command: Command) -> Result<Outcome, LedgerError> {
+        self.submit(command).await.unwrap_or(Err(LedgerError::ShuttingDown))
+    }
+
+    /// [`Ledger::execute`] for callers outside an async runtime.
+    pub fn execute_blocking(&self, command: Command) -> Result<Outcome, LedgerError> {
+        self.submit(command)
+            .blocking_recv()
+            .unwrap_or(Err(LedgerError::ShuttingDown))
+    }
+
+    /// Reads the state. Boundaries that passed since the last command are
+    /// not applied here: call [`Ledger::catch_up`] first where it matters.
+    pub fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.shared.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True when a cycle boundary or hold expiry is due in `account`.
+    pub fn is_due(&self, account: Option<&str>) -> bool {
+        self.read().is_due(account, self.clock.now())
+    }
+
+    /// Applies due boundaries and expiries (a journal entry each) and waits
+    /// until they are durable. Cheap when nothing is due.
+    pub async fn catch_up(&self, account: Option<&str>) -> Result<(), LedgerError> {
+        if self.is_due(account) {
+            self.execute(Command::Tick {
+                account: account.map(str::to_string),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub fn catch_up_blocking(&self, account: Option<&str>) -> Result<(), LedgerError> {
+        if self.is_due(account) {
+            self.execute_blocking(Command::Tick {
+                account: account.map(str::to_string),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// May `member` spend this charge now? Reads memory only.
+    pub fn authorize(&self, account: &str, member: &str, charge: Charge) -> Result<Authorization, LedgerError> {
+        charge.validate()?;
+        let state = self.read();
+        let acct = state.active_account(account)?;
+        let credits = match (acct.settings.tracking_enabled(), charge) {
+            (false, _) => crate::amount::Amount::ZERO,
+            (true, Charge::Credits(c)) => c,
+            (true, Charge::CostUsd(usd)) => usd
+                .convert(acct.settings.credit_factor)
+                .ok_or_else(|| LedgerError::field("costUsd", "is too large to convert to credits"))?,
+        };
+        numbers::authorize(acct, member, credits)
+    }
+
+    pub fn stats(&self) -> CommitStats {
+        *self.shared.stats.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The epoch that fenced this writer off, if one did.
+    pub fn fenced(&self) -> Option<i64> {
+        *self.shared.fenced.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops accepting commands, finishes the queue and joins the writer.
+    pub fn shutdown(self) {
+        let Ledger { tx, writer, .. } = self;
+        drop(tx);
+        if Arc::strong_count(&writer) == 1 {
+            if let Some(handle) = writer.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+fn run_writer(
+    mut journal: Box<dyn Journal>,
+    shared: Arc<Shared>,
+    clock: Arc<dyn Clock>,
+    rx: Receiver<Job>,
+    options: LedgerOptions,
+) {
+    let mut since_snapshot = 0u64;
+    let mut entries: Vec<JournalEntry> = Vec::new();
+    let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut results = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = rx.recv() {
+        jobs.push(first);
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+            }
+        }
+        if let Some(epoch) = *shared.fenced.read().unwrap_or_else(|p| p.into_inner()) {
+            for job in jobs.drain(..) {
+                let _ = job.reply.send(Err(LedgerError::Fenced(epoch)));
+            }
+            continue;
+        }
+        {
+            let mut state = shared.state.write().unwrap_or_else(|p| p.into_inner());
+            for job in &mut jobs {
+                let command = std::mem::replace(&mut job.command, Command::Tick { account: None });
+                results.push(state.handle(command, clock.now(), &mut entries));
+            }
+        }
+        let committed = if entries.is_empty() {
+            Ok(())
+        } else {
+            let started = Instant::now();
+            let r = journal.append(&entries);
+            let micros = started.elapsed().as_micros() as u64;
+            let mut stats = shared.stats.write().unwrap_or_else(|p| p.into_inner());
+            stats.batches += 1;
+            stats.entries += entries.len() as u64;
+            stats.last_batch_size = entries.len() as u64;
+            stats.last_commit_micros = micros;
+            stats.total_commit_micros += micros;
+            r
+        };
+        match committed {
+            Ok(()) => {
+                since_snapshot += entries.len() as u64;
+                for (job, result) in jobs.drain(..).zip(results.drain(..)) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = entries.len(), "journal commit failed; reloading state from the journal");
+                let error: LedgerError = match &e {
+                    JournalError::Fenced { stored, .. } => {
+                        *shared.fenced.write().unwrap_or_else(|p| p.into_inner()) = Some(*stored);
+                        LedgerError::Fenced(*stored)
+                    }
+                    other => LedgerError::Storage(other.to_string()),
+                };
+                reload(journal.as_mut(), &shared);
+                results.clear();
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+            }
+        }
+        entries.clear();
+        if since_snapshot >= options.snapshot_every {
+            let state = shared.state.read().unwrap_or_else(|p| p.into_inner()).clone();
+            match journal.save_snapshot(&state) {
+                Ok(()) => since_snapshot = 0,
+                Err(e) => tracing::warn!(error = %e, "snapshot failed; the journal alone still recovers"),
+            }
+        }
+    }
+}
+
+/// After a failed commit the memory is ahead of the journal: rebuild it
+/// from what is durable.
+fn reload(journal: &mut dyn Journal, shared: &Shared) {
+    match journal::recover(journal) {
+        Ok(state) => *shared.state.write().unwrap_or_else(|p| p.into_inner()) = state,
+        Err(e) => {
+            // Without a trustworthy state the writer must not go on.
+            tracing::error!(error = %e, "cannot reload the ledger state; refusing further writes");
+            *shared.fenced.write().unwrap_or_else(|p| p.into_inner()) = Some(i64::MAX);
+        }
+    }
+}

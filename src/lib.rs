@@ -1,0 +1,20 @@
+//! credit-operator: declarative credit allocation for AI platforms.
+//!
+//! The crate is layered the way its data flows:
+//!
+//! - [`amount`], [`cycle`], [`clock`]: exact money, cycle boundaries, and
+//!   the injected clock. Pure, no I/O.
+//! - [`ledger`]: the credit rules and the durable ledger. [`ledger::state`]
+//!   is the deterministic state machine, [`ledger::numbers`] computes every
+//!   figure users see, [`ledger::writer`] group-commits journal entries to a
+//!   [`ledger::journal::Journal`] (SQLite or PostgreSQL).
+//! - [`crd`]: the Kubernetes custom resource types (an adapter: the ledger
+//!   never sees them).
+//!
+//! See `docs/ARCHITECTURE.md` for the map.
+
+pub mod amount;
+pub mod clock;
+pub mod crd;
+pub mod cycle;
+pub mod ledger;
