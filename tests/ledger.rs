@@ -1,0 +1,532 @@
+//! The ledger's rules, run on both journals (test names say which:
+//! `sqlite::…` and `postgres::…`).
+
+mod support;
+
+use std::sync::Arc;
+
+use credit_operator::ledger::writer::LedgerOptions;
+use credit_operator::ledger::*;
+use jiff::{SignedDuration, ToSpan};
+use support::*;
+
+fn hours(h: i64) -> SignedDuration {
+    SignedDuration::from_hours(h)
+}
+
+/// Alice and Bob in `ml`, Carol in the default group on signup credits.
+fn standard(f: &Fixture) {
+    f.account_with("10000", "CalendarMonth", "UTC", "1", "40");
+    f.group("default", "1000", "0", "0");
+    f.group("ml", "3000", "500", "200");
+    f.member("alice", Some("ml"), Some("1000"), "100");
+    f.member("bob", Some("ml"), Some("800"), "0");
+    f.member("carol", None, None, "0");
+}
+
+on_both_backends! {
+    fn numbers_follow_the_design_formulas(db: &Db) {
+        let f = Fixture::new(db);
+        standard(&f);
+        f.usage("u-alice", "250", "k1").unwrap();
+        f.usage("u-bob", "100.5", "k2").unwrap();
+        let req = f.submit("r1", "bob", "150");
+        assert_eq!(req.phase, Phase::AutoApproved);
+
+        let alice = f.member_figures("u-alice");
+        assert_eq!((alice.allocation, alice.used, alice.remaining), (amt("1100"), amt("250"), amt("850")));
+        let bob = f.member_figures("u-bob");
+        assert_eq!((bob.monthly, bob.granted, bob.allocation), (amt("800"), amt("150"), amt("950")));
+        assert_eq!(bob.remaining, amt("849.5"));
+        let carol = f.member_figures("u-carol");
+        assert_eq!((carol.group.as_str(), carol.monthly), ("default", amt("40")));
+
+        let ml = f.group_figures("ml");
+        assert_eq!(ml.budget, amt("3500"));
+        assert_eq!(ml.distributed, amt("1900"));
+        assert_eq!(ml.available, amt("1600"));
+        assert_eq!(ml.granted, amt("150"));
+        assert_eq!(ml.used, amt("350.5"));
+        assert_eq!(ml.auto_approve_remaining, amt("50"));
+        assert_eq!(ml.members, 2);
+
+        let acct = f.account_figures();
+        assert_eq!(acct.used, amt("350.5"));
+        assert_eq!(acct.balance, amt("9649.5"));
+        // 350.5 / 10000 × 100 = 3.505 → half-even → 3.50
+        assert_eq!(acct.usage_percent.to_string(), "3.5");
+        assert_eq!(acct.allocated, amt("4500"));
+        assert_eq!(acct.unallocated, amt("5500"));
+        assert_eq!(acct.cycle.number, 1);
+        assert_eq!(acct.cycle.start, t("2026-11-01T00:00:00Z"));
+        assert_eq!(acct.cycle.end, t("2026-12-01T00:00:00Z"));
+    }
+
+    fn the_same_key_debits_once_and_answers_as_the_first_time(db: &Db) {
+        let mut f = Fixture::new(db);
+        standard(&f);
+        let first = f.usage("u-alice", "10", "evt-1").unwrap();
+        assert!(!first.duplicate);
+        assert_eq!((first.member_used, first.member_remaining), (amt("10"), amt("1090")));
+        f.usage("u-alice", "5", "evt-2").unwrap();
+        let again = f.usage("u-alice", "10.000", "evt-1").unwrap();
+        assert!(again.duplicate);
+        assert_eq!((again.credits, again.member_used, again.member_remaining), (amt("10"), amt("10"), amt("1090")));
+        assert_eq!(f.member_figures("u-alice").used, amt("15"));
+
+        let before = f.state();
+        let err = f.usage("u-alice", "11", "evt-1").unwrap_err();
+        assert!(matches!(err, LedgerError::IdempotencyConflict(ref k) if k == "evt-1"), "{err}");
+        assert_eq!(f.state(), before, "a conflict changes nothing");
+
+        f.restart();
+        let after_restart = f.usage("u-alice", "10", "evt-1").unwrap();
+        assert!(after_restart.duplicate);
+        assert_eq!(after_restart.member_used, amt("10"));
+        assert_eq!(f.member_figures("u-alice").used, amt("15"));
+    }
+
+    fn a_scheduled_reset_happens_once_across_restarts_and_downtime(db: &Db) {
+        let mut f = Fixture::new(db);
+        f.account("1000", "1d");
+        f.group("default", "1000", "0", "0");
+        f.member("alice", None, Some("100"), "0");
+        f.usage("u-alice", "30", "a").unwrap();
+        let anchor = t("2026-11-26T10:00:00Z");
+
+        f.clock.advance(hours(25));
+        f.ledger.catch_up_blocking(None).unwrap();
+        let acct = f.account_figures();
+        assert_eq!(acct.cycle.number, 2);
+        assert_eq!(acct.cycle.start, anchor + 24.hours());
+        assert_eq!(acct.used, amt("0"));
+        assert_eq!(f.member_figures("u-alice").used, amt("0"));
+        let seq = f.state().last_seq;
+
+        f.restart();
+        f.ledger.catch_up_blocking(None).unwrap();
+        assert_eq!(f.account_figures().cycle.number, 2, "no second reset after a restart");
+        assert_eq!(f.state().last_seq, seq, "nothing was journaled");
+
+        // Down for three and a half days: one entry, the cycle containing now.
+        f.clock.advance(hours(84));
+        f.restart();
+        f.ledger.catch_up_blocking(None).unwrap();
+        assert_eq!(f.state().last_seq, seq + 1, "one journal entry for several missed boundaries");
+        let acct = f.account_figures();
+        assert_eq!(acct.cycle.number, 3);
+        assert_eq!(acct.cycle.start, anchor + 96.hours());
+        assert_eq!(acct.cycle.end, anchor + 120.hours());
+        // History of the closed cycle stays readable.
+        let state = f.state();
+        let closed = numbers::account(&state.accounts[ACCOUNT], 1).unwrap();
+        assert_eq!(closed.used, amt("30"));
+    }
+
+    fn commands_apply_due_boundaries_first(db: &Db) {
+        let f = Fixture::new(db);
+        f.account("1000", "1h");
+        f.group("default", "1000", "0", "0");
+        f.member("alice", None, Some("100"), "0");
+        f.usage("u-alice", "60", "a").unwrap();
+        f.clock.advance(hours(1));
+        // No tick ran; the usage itself lands in the new cycle.
+        let receipt = f.usage("u-alice", "5", "b").unwrap();
+        assert_eq!(receipt.member_used, amt("5"));
+        assert_eq!(f.account_figures().cycle.number, 2);
+    }
+
+    fn a_reset_is_one_entry_whatever_the_number_of_members(db: &Db) {
+        let f = Fixture::new(db);
+        f.account("1000000", "CalendarMonth");
+        f.group("default", "1000000", "0", "0");
+        for i in 0..500 {
+            f.member(&format!("m{i}"), None, Some("100"), "0");
+            f.usage(&format!("u-m{i}"), "1", &format!("k{i}")).unwrap();
+        }
+        let before = f.state().last_seq;
+        let outcome = f.ok(Command::Reset { account: ACCOUNT.into(), mark: None });
+        assert!(matches!(outcome, Outcome::Cycle(c) if c.number == 2));
+        assert_eq!(f.state().last_seq, before + 1);
+        assert_eq!(f.member_figures("u-m7").used, amt("0"));
+        assert_eq!(f.group_figures("default").used, amt("0"));
+        let state = f.state();
+        let acct = &state.accounts[ACCOUNT];
+        assert_eq!(numbers::member(acct, &acct.members["u-m7"], 1).used, amt("1"));
+        assert_eq!(numbers::account(acct, 1).unwrap().used, amt("500"));
+    }
+
+    fn the_reset_annotation_resets_once_per_later_value(db: &Db) {
+        let f = Fixture::new(db);
+        f.account("1000", "CalendarMonth");
+        let mark = t("2026-11-26T09:00:00Z");
+        f.ok(Command::Reset { account: ACCOUNT.into(), mark: Some(mark) });
+        assert_eq!(f.account_figures().cycle.number, 2);
+        assert_eq!(f.account_figures().cycle.start, t("2026-11-26T10:00:00Z"));
+        // The same value again, or an older one (a git revert), does nothing.
+        f.ok(Command::Reset { account: ACCOUNT.into(), mark: Some(mark) });
+        f.ok(Command::Reset { account: ACCOUNT.into(), mark: Some(t("2026-11-01T00:00:00Z")) });
+        assert_eq!(f.account_figures().cycle.number, 2);
+        f.clock.advance(hours(1));
+        f.ok(Command::Reset { account: ACCOUNT.into(), mark: Some(t("2026-11-26T10:30:00Z")) });
+        let acct = f.account_figures();
+        assert_eq!(acct.cycle.number, 3);
+        // A manual reset re-anchors calendar months at its own moment.
+        assert_eq!(acct.cycle.end, t("2026-12-26T11:00:00Z"));
+    }
+
+    fn a_cadence_change_resets_once_and_an_equal_spelling_does_not(db: &Db) {
+        let f = Fixture::new(db);
+        f.account("1000", "1w");
+        f.account("1000", "7d");
+        assert_eq!(f.account_figures().cycle.number, 1);
+        f.clock.advance(hours(2));
+        f.account("1000", "1d");
+        let acct = f.account_figures();
+        assert_eq!(acct.cycle.number, 2);
+        assert_eq!(acct.cycle.start, t("2026-11-26T12:00:00Z"));
+        assert_eq!(acct.cycle.end, t("2026-11-27T12:00:00Z"));
+        f.account("1000", "1d");
+        assert_eq!(f.account_figures().cycle.number, 2);
+        let state = f.state();
+        assert_eq!(state.accounts[ACCOUNT].last_reset.unwrap().reason, ResetReason::CadenceChanged);
+    }
+
+    fn a_limit_or_timezone_change_never_resets(db: &Db) {
+        let f = Fixture::new(db);
+        f.account_with("1000", "CalendarMonth", "UTC", "1", "0");
+        f.group("default", "1000", "0", "0");
+        f.member("alice", None, Some("500"), "0");
+        f.usage("u-alice", "300", "a").unwrap();
+        f.account_with("2000", "CalendarMonth", "UTC", "1", "0");
+        let acct = f.account_figures();
+        assert_eq!((acct.cycle.number, acct.used, acct.balance), (1, amt("300"), amt("1700")));
+        f.account_with("2000", "CalendarMonth", "Asia/Tokyo", "1", "0");
+        let acct = f.account_figures();
+        assert_eq!((acct.cycle.number, acct.used), (1, amt("300")));
+        // Later boundaries: the anchor's wall clock (1st, 00:00) in Tokyo.
+        assert_eq!(acct.cycle.end, t("2026-11-30T15:00:00Z"));
+    }
+
+    fn requests_auto_approve_from_the_reserve_then_wait_for_an_admin(db: &Db) {
+        let f = Fixture::new(db);
+        standard(&f);
+        assert_eq!(f.submit("r1", "alice", "150").phase, Phase::AutoApproved);
+        let waiting = f.submit("r2", "alice", "100");
+        assert_eq!(waiting.phase, Phase::Pending, "reserve left is 50");
+        assert_eq!(f.group_figures("ml").auto_approve_remaining, amt("50"));
+
+        for bad in ["0", "100.01"] {
+            let before = f.state();
+            let err = f.decide("r2", Verdict::Approve { credits: Some(amt(bad)) }).unwrap_err();
+            assert!(matches!(err, LedgerError::InvalidApproval { .. }), "{bad}: {err}");
+            assert_eq!(f.state(), before);
+        }
+        let approved = f.decide("r2", Verdict::Approve { credits: Some(amt("60")) }).unwrap();
+        assert_eq!((approved.phase, approved.approved_credits), (Phase::Approved, Some(amt("60"))));
+        assert_eq!(approved.decided_by.as_deref(), Some("admin@example.com"));
+        assert_eq!(f.member_figures("u-alice").granted, amt("210"));
+        assert_eq!(f.group_figures("ml").granted, amt("210"));
+
+        let err = f.decide("r2", Verdict::Deny).unwrap_err();
+        assert!(matches!(err, LedgerError::AlreadyDecided { ref phase, .. } if phase == "Approved"), "{err}");
+        f.submit("r3", "bob", "500");
+        let denied = f.decide("r3", Verdict::Deny).unwrap();
+        assert_eq!((denied.phase, denied.approved_credits), (Phase::Denied, None));
+        assert_eq!(f.member_figures("u-bob").granted, amt("0"));
+        // Approve without an amount grants what was asked.
+        f.submit("r4", "bob", "70");
+        let full = f.decide("r4", Verdict::Approve { credits: None }).unwrap();
+        assert_eq!(full.approved_credits, Some(amt("70")));
+    }
+
+    fn a_pending_request_survives_a_reset_and_grants_in_the_cycle_of_the_decision(db: &Db) {
+        let f = Fixture::new(db);
+        standard(&f);
+        f.submit("r1", "carol", "25");
+        f.ok(Command::Reset { account: ACCOUNT.into(), mark: None });
+        let approved = f.decide("r1", Verdict::Approve { credits: None }).unwrap();
+        assert_eq!(approved.cycle, Some(2));
+        assert_eq!(f.member_figures("u-carol").granted, amt("25"));
+    }
+
+    fn approval_needs_the_member_but_denial_does_not(db: &Db) {
+        let f = Fixture::new(db);
+        standard(&f);
+        f.submit("r1", "ghost", "10");
+        f.submit("r2", "ghost", "10");
+        let err = f.decide("r1", Verdict::Approve { credits: None }).unwrap_err();
+        assert!(matches!(err, LedgerError::MemberNotFound(ref m) if m == "ghost"), "{err}");
+        assert_eq!(f.decide("r2", Verdict::Deny).unwrap().phase, Phase::Denied);
+    }
+
+    fn signup_credits_are_recorded_at_enrolment(db: &Db) {
+        let f = Fixture::new(db);
+        f.account_with("1000", "CalendarMonth", "UTC", "1", "50");
+        f.group("default", "1000", "0", "0");
+        f.member("early", None, None, "0");
+        f.account_with("1000", "CalendarMonth", "UTC", "1", "80");
+        f.member("late", None, None, "0");
+        assert_eq!(f.member_figures("u-early").monthly, amt("50"));
+        assert_eq!(f.member_figures("u-late").monthly, amt("80"));
+        // An explicit allocation wins; removing it falls back to the snapshot.
+        f.member("early", None, Some("300"), "0");
+        assert_eq!(f.member_figures("u-early").monthly, amt("300"));
+        f.member("early", None, None, "0");
+        assert_eq!(f.member_figures("u-early").monthly, amt("50"));
+    }
+
+    fn tracking_disabled_records_usage_but_debits_nothing(db: &Db) {
+        let f = Fixture::new(db);
+        f.account_with("100", "CalendarMonth", "UTC", "0", "0");
+        f.group("default", "100", "0", "0");
+        f.member("alice", None, Some("10"), "0");
+        let seq = f.state().last_seq;
+        let receipt = f.usage("u-alice", "500", "a").unwrap();
+        assert_eq!(receipt.credits, amt("0"));
+        assert_eq!(f.state().last_seq, seq + 1, "the usage is journaled");
+        assert_eq!(f.member_figures("u-alice").used, amt("0"));
+        let auth = f.ledger.authorize(ACCOUNT, "u-alice", Charge::Credits(amt("1000000"))).unwrap();
+        assert_eq!((auth.allowed, auth.remaining, auth.limited_by), (true, None, None));
+        assert!(!f.account_figures().tracking_enabled);
+    }
+
+    fn cost_converts_with_the_credit_factor_exactly(db: &Db) {
+        let f = Fixture::new(db);
+        f.account_with("100000", "CalendarMonth", "UTC", "1000", "0");
+        f.group("default", "100000", "0", "0");
+        f.member("alice", None, Some("5000"), "0");
+        let r = f.ledger.execute_blocking(Command::RecordUsage {
+            account: ACCOUNT.into(),
+            member: "u-alice".into(),
+            charge: Charge::CostUsd(amt("0.012345678")),
+            key: "c2".into(),
+            occurred_at: None,
+        }).unwrap();
+        assert!(matches!(r, Outcome::Usage(ref u) if u.credits == amt("12.345678")), "{r:?}");
+        // Changing the factor is never retroactive; conversions round
+        // half-even to 9 places: 0.000000003 × 0.5 = 0.0000000015 → 0.000000002.
+        f.account_with("100000", "CalendarMonth", "UTC", "0.5", "0");
+        assert_eq!(f.member_figures("u-alice").used, amt("12.345678"));
+        let r = f.ledger.execute_blocking(Command::RecordUsage {
+            account: ACCOUNT.into(),
+            member: "u-alice".into(),
+            charge: Charge::CostUsd(amt("0.000000003")),
+            key: "c3".into(),
+            occurred_at: None,
+        }).unwrap();
+        assert!(matches!(r, Outcome::Usage(ref u) if u.credits == amt("0.000000002")), "{r:?}");
+    }
+
+    fn authorize_answers_with_the_narrowest_smallest_headroom(db: &Db) {
+        let f = Fixture::new(db);
+        f.account("1000", "CalendarMonth");
+        f.group("default", "400", "0", "0");
+        f.group("small", "100", "0", "0");
+        f.member("alice", None, Some("300"), "0");
+        f.member("bob", Some("small"), Some("300"), "0");
+        f.member("lost", Some("nowhere"), Some("300"), "0");
+        let auth = |user: &str, c: &str| f.ledger.authorize(ACCOUNT, user, Charge::Credits(amt(c))).unwrap();
+
+        let a = auth("u-alice", "300");
+        assert_eq!((a.allowed, a.remaining, a.limited_by), (true, Some(amt("300")), Some(Scope::Member)));
+        assert!(!auth("u-alice", "300.01").allowed);
+        let b = auth("u-bob", "150");
+        assert_eq!((b.allowed, b.remaining, b.limited_by), (false, Some(amt("100")), Some(Scope::Group)));
+        let lost = auth("u-lost", "1");
+        assert_eq!((lost.allowed, lost.limited_by), (false, Some(Scope::Group)));
+
+        // Account scope: usage elsewhere leaves 50 in the account.
+        f.usage("u-alice", "250", "x").unwrap();
+        f.usage("u-lost", "700", "y").unwrap();
+        let a = auth("u-alice", "10");
+        assert_eq!((a.allowed, a.remaining, a.limited_by), (true, Some(amt("50")), Some(Scope::Member)));
+        f.usage("u-bob", "20", "z").unwrap();
+        let a = auth("u-alice", "40");
+        assert_eq!((a.allowed, a.remaining, a.limited_by), (false, Some(amt("30")), Some(Scope::Account)));
+        // Ties go to the narrowest scope.
+        f.group("tie", "30", "0", "0");
+        f.member("carol", Some("tie"), Some("30"), "0");
+        let c = auth("u-carol", "1");
+        assert_eq!((c.remaining, c.limited_by), (Some(amt("30")), Some(Scope::Member)));
+    }
+
+    fn holds_cut_headroom_settle_with_the_actual_cost_and_expire(db: &Db) {
+        let f = Fixture::new(db);
+        f.account("1000", "CalendarMonth");
+        f.group("default", "1000", "0", "0");
+        f.member("alice", None, Some("100"), "0");
+        let open = |c: &str, key: &str| f.run(Command::OpenHold {
+            account: ACCOUNT.into(), member: "u-alice".into(), charge: Charge::Credits(amt(c)), ttl_seconds: 60, key: key.into(),
+        });
+        let Outcome::Hold(h1) = open("70", "h1").unwrap() else { panic!() };
+        assert_eq!(h1.state, HoldState::Open);
+        let Outcome::Hold(again) = open("70", "h1").unwrap() else { panic!() };
+        assert!(again.duplicate && again.id == h1.id);
+        assert_eq!(f.member_figures("u-alice").used, amt("0"), "holds cut headroom, not used");
+        let err = open("40", "h2").unwrap_err();
+        assert!(matches!(err, LedgerError::InsufficientCredits { ref remaining, ref limited_by } if remaining == "30" && limited_by == "member"), "{err}");
+
+        let Outcome::Hold(settled) = f.ok(Command::SettleHold { account: ACCOUNT.into(), id: h1.id.clone(), charge: Charge::Credits(amt("80")) }) else { panic!() };
+        assert_eq!((settled.state, settled.settled_credits), (HoldState::Settled, Some(amt("80"))));
+        assert_eq!(f.member_figures("u-alice").used, amt("80"));
+        let Outcome::Hold(twice) = f.ok(Command::SettleHold { account: ACCOUNT.into(), id: h1.id.clone(), charge: Charge::Credits(amt("80")) }) else { panic!() };
+        assert!(twice.duplicate);
+        assert_eq!(f.member_figures("u-alice").used, amt("80"), "settling twice debits once");
+
+        let Outcome::Hold(h3) = open("15", "h3").unwrap() else { panic!() };
+        let Outcome::Hold(released) = f.ok(Command::ReleaseHold { account: ACCOUNT.into(), id: h3.id.clone() }) else { panic!() };
+        assert_eq!(released.state, HoldState::Released);
+        let err = f.run(Command::SettleHold { account: ACCOUNT.into(), id: h3.id, charge: Charge::Credits(amt("1")) }).unwrap_err();
+        assert!(matches!(err, LedgerError::HoldClosed { .. }));
+
+        let Outcome::Hold(h4) = open("20", "h4").unwrap() else { panic!() };
+        f.clock.advance(SignedDuration::from_secs(61));
+        f.ledger.catch_up_blocking(None).unwrap();
+        let state = f.state();
+        assert_eq!(state.accounts[ACCOUNT].holds[&h4.id].state, HoldState::Expired);
+        assert_eq!(state.accounts[ACCOUNT].held, amt("0"));
+    }
+
+    fn a_member_moved_mid_cycle_takes_its_usage_along(db: &Db) {
+        let f = Fixture::new(db);
+        standard(&f);
+        f.usage("u-alice", "120", "a").unwrap();
+        f.submit("r1", "alice", "50");
+        f.member("alice", Some("default"), Some("1000"), "100");
+        let (ml, default) = (f.group_figures("ml"), f.group_figures("default"));
+        assert_eq!((ml.used, ml.granted), (amt("0"), amt("0")));
+        assert_eq!((default.used, default.granted), (amt("120"), amt("50")));
+        assert_eq!(ml.auto_approve_remaining, amt("150"), "spent reserve stays spent in ml");
+    }
+
+    fn a_removed_member_keeps_its_history_and_is_refused(db: &Db) {
+        let f = Fixture::new(db);
+        standard(&f);
+        f.usage("u-bob", "40", "a").unwrap();
+        f.ok(Command::RemoveMember { account: ACCOUNT.into(), user_id: "u-bob".into() });
+        assert_eq!(f.group_figures("ml").used, amt("0"));
+        f.usage("u-bob", "5", "b").unwrap();
+        assert_eq!(f.account_figures().used, amt("45"), "usage of a removed member still counts");
+        let auth = f.ledger.authorize(ACCOUNT, "u-bob", Charge::Credits(amt("1"))).unwrap();
+        assert_eq!((auth.allowed, auth.limited_by), (false, Some(Scope::Member)));
+        // Re-created under the same user id: history comes back.
+        f.member("bob", Some("ml"), Some("800"), "0");
+        assert_eq!(f.member_figures("u-bob").used, amt("45"));
+        assert_eq!(f.group_figures("ml").used, amt("45"));
+        let err = f.usage("u-nobody", "1", "c").unwrap_err();
+        assert!(matches!(err, LedgerError::UnknownMember(_)));
+    }
+
+    fn a_user_id_belongs_to_the_oldest_member(db: &Db) {
+        let f = Fixture::new(db);
+        standard(&f);
+        let mut dup = spec("alice", None, Some("1"), "0");
+        dup.name = "alice-2".into();
+        let err = f.run(Command::ApplyMember { account: ACCOUNT.into(), member: dup }).unwrap_err();
+        assert!(matches!(err, LedgerError::DuplicateUserId { ref owner, .. } if owner == "alice"), "{err}");
+    }
+
+    fn bad_input_names_the_field_and_changes_nothing(db: &Db) {
+        let f = Fixture::new(db);
+        standard(&f);
+        f.usage("u-alice", "1", "seen").unwrap();
+        let before = f.state();
+        let usage = |member: &str, charge: Charge, key: &str| Command::RecordUsage {
+            account: ACCOUNT.into(), member: member.into(), charge, key: key.into(), occurred_at: None,
+        };
+        let neg = credit_operator::amount::Amount::from_int(-5);
+        let cases: Vec<(Command, &str)> = vec![
+            (usage("u-alice", Charge::Credits(neg), "n1"), "credits"),
+            (usage("u-alice", Charge::CostUsd(neg), "n2"), "costUsd"),
+            (usage("u-alice", Charge::Credits(amt("999999999999999999")), "n3"), "credits"),
+            (usage("", Charge::Credits(amt("1")), "n4"), "member"),
+            (usage("u-alice", Charge::Credits(amt("1")), ""), "idempotencyKey"),
+            (Command::ApplyMember { account: ACCOUNT.into(), member: spec("", None, None, "0") }, "metadata.name"),
+            (Command::ApplyMember { account: ACCOUNT.into(), member: MemberSpec { user_id: String::new(), ..spec("x", None, None, "0") } }, "spec.user.id"),
+            (Command::ApplyMember { account: ACCOUNT.into(), member: MemberSpec { extra_credits: neg, ..spec("x", None, None, "0") } }, "spec.extraCredits"),
+            (Command::ApplyGroup { account: ACCOUNT.into(), name: "g".into(), settings: GroupSettings { monthly_credits: neg, ..GroupSettings::default() } }, "spec.monthlyCredits"),
+            (Command::SubmitRequest { account: ACCOUNT.into(), uid: "q".into(), name: "q".into(), member: "alice".into(), credits: amt("0"), reason: String::new() }, "spec.credits"),
+            (Command::SubmitRequest { account: ACCOUNT.into(), uid: "q".into(), name: "q".into(), member: "alice".into(), credits: amt("1"), reason: "x".repeat(2000) }, "reason"),
+            (Command::OpenHold { account: ACCOUNT.into(), member: "u-alice".into(), charge: Charge::Credits(amt("1")), ttl_seconds: 0, key: "h".into() }, "ttlSeconds"),
+        ];
+        for (command, field) in cases {
+            let description = format!("{command:?}");
+            match f.run(command) {
+                Err(LedgerError::InvalidField { field: got, .. }) => assert_eq!(got, field, "{description}"),
+                other => panic!("{description}: expected an error naming {field}, got {other:?}"),
+            }
+            assert_eq!(f.state(), before, "{description} changed the state");
+        }
+        for (command, expected) in [
+            (usage("u-nobody", Charge::Credits(amt("1")), "n5"), "not_found"),
+            (Command::RecordUsage { account: "team/other".into(), member: "u-alice".into(), charge: Charge::Credits(amt("1")), key: "n6".into(), occurred_at: None }, "not_found"),
+            (Command::DecideRequest { account: ACCOUNT.into(), uid: "nope".into(), verdict: Verdict::Deny, reason: String::new(), by: "x".into() }, "not_found"),
+        ] {
+            let err = f.run(command).unwrap_err();
+            assert_eq!(err.code(), expected, "{err}");
+            assert_eq!(f.state(), before);
+        }
+        for (cadence, tz, field) in [("1s", "UTC", "spec.cadence"), ("fortnight", "UTC", "spec.cadence"), ("1d", "Mars/Base", "spec.timezone")] {
+            let err = AccountSettings::new(amt("1"), cadence, tz, amt("0"), amt("0"), "default").unwrap_err();
+            assert!(matches!(err, LedgerError::InvalidField { field: ref got, .. } if got == field), "{err}");
+        }
+    }
+
+    fn recovery_from_snapshot_and_journal_matches_the_live_state(db: &Db) {
+        let mut f = Fixture::with_options(db, LedgerOptions { snapshot_every: 7 });
+        standard(&f);
+        for i in 0..40 {
+            let user = ["u-alice", "u-bob", "u-carol"][i % 3];
+            f.usage(user, &format!("{}.25", i), &format!("k{i}")).unwrap();
+            if i % 9 == 0 {
+                f.submit(&format!("r{i}"), ["alice", "bob", "carol"][i % 3], "30");
+            }
+            if i == 20 {
+                f.clock.advance(hours(24 * 40));
+            }
+        }
+        f.decide("r9", Verdict::Approve { credits: Some(amt("12")) }).ok();
+        let live = f.state();
+        f.restart();
+        assert_eq!(f.state(), live);
+    }
+
+    fn eight_concurrent_writers_with_retries_debit_each_event_once(db: &Db) {
+        let f = Fixture::new(db);
+        f.account("100000000", "CalendarMonth");
+        f.group("default", "100000000", "0", "0");
+        f.member("alice", None, Some("100000000"), "0");
+        let ledger = Arc::new(f.ledger.clone());
+        let mut threads = Vec::new();
+        for w in 0..8u32 {
+            let ledger = ledger.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut distinct = credit_operator::amount::Amount::ZERO;
+                for i in 0..1000u32 {
+                    // Every fifth event retries one this writer sent before.
+                    let n = if i % 5 == 4 { i - 3 } else { i };
+                    let credits = amt(&format!("{}.{:03}", n % 17 + 1, w));
+                    let key = format!("w{w}-e{n}");
+                    let outcome = ledger
+                        .execute_blocking(Command::RecordUsage {
+                            account: ACCOUNT.into(), member: "u-alice".into(), charge: Charge::Credits(credits), key, occurred_at: None,
+                        })
+                        .expect("usage accepted");
+                    let Outcome::Usage(receipt) = outcome else { panic!() };
+                    assert_eq!(receipt.duplicate, i % 5 == 4);
+                    if !receipt.duplicate {
+                        distinct += credits;
+                    }
+                }
+                distinct
+            }));
+        }
+        let expected: credit_operator::amount::Amount = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(f.member_figures("u-alice").used, expected);
+        assert_eq!(f.state().accounts[ACCOUNT].keys.len(), 8 * 800);
+        let stats = f.ledger.stats();
+        assert!(stats.entries >= 6400);
+        eprintln!("{} batches for {} entries", stats.batches, stats.entries);
+    }
+}
