@@ -14,7 +14,11 @@
 //! See `docs/ARCHITECTURE.md` for the map.
 
 pub mod amount;
+pub mod api;
 pub mod clock;
 pub mod crd;
 pub mod cycle;
 pub mod ledger;
+pub mod manifests;
+pub mod standalone;
+pub mod validate;

@@ -1,6 +1,12 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use credit_operator::clock::{Clock, FileClock, SystemClock};
+use credit_operator::manifests::Severity;
 
 /// Declarative credit allocation for AI platforms.
 #[derive(Parser)]
@@ -14,6 +20,41 @@ struct Cli {
 enum Cmd {
     /// Print the four CustomResourceDefinitions as YAML (what crds/ holds).
     Crd,
+    /// Run without a cluster: manifests from a folder, an embedded ledger,
+    /// the HTTP API.
+    Standalone {
+        /// Folder of manifests (YAML, several documents per file, nested
+        /// folders); re-read while running.
+        #[arg(long, value_name = "DIR")]
+        manifests: PathBuf,
+        /// The ledger: sqlite://PATH or postgres://…
+        #[arg(long, default_value = "sqlite://./credits.db", env = "CREDITS_LEDGER")]
+        ledger: String,
+        /// Address of the HTTP API. Without --token-file only loopback
+        /// addresses are allowed.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Bearer tokens, one `TOKEN ROLE [NAME]` per line (roles:
+        /// gateway, admin).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// How often to look for manifest changes and due cycle boundaries.
+        #[arg(long, default_value = "1000", value_name = "MS")]
+        poll_interval_ms: u64,
+        /// Read the current time from this file (one RFC 3339 time) instead
+        /// of the system clock: for tests that move time.
+        #[arg(long, value_name = "FILE", hide = true, env = "CREDITS_CLOCK_FILE")]
+        clock_file: Option<PathBuf>,
+    },
+    /// Check a folder of manifests offline: schema and rules per object,
+    /// then references and allocation across objects.
+    Validate {
+        /// The folder to check.
+        dir: PathBuf,
+        /// Fail on warnings (over-distribution, over-allocation) too.
+        #[arg(long)]
+        strict: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -29,5 +70,89 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Validate { dir, strict } => validate(&dir, strict),
+        Cmd::Standalone {
+            manifests,
+            ledger,
+            listen,
+            token_file,
+            poll_interval_ms,
+            clock_file,
+        } => {
+            init_tracing();
+            let tokens = match token_file
+                .map(|f| credit_operator::api::auth::Tokens::load(&f))
+                .transpose()
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: --token-file {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let clock: Arc<dyn Clock> = match clock_file {
+                None => Arc::new(SystemClock),
+                Some(f) => match FileClock::new(f) {
+                    Ok(c) => Arc::new(c),
+                    Err(e) => {
+                        eprintln!("error: --clock-file {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            let options = credit_operator::standalone::Options {
+                manifests,
+                ledger,
+                listen,
+                tokens,
+                poll_interval: Duration::from_millis(poll_interval_ms.max(10)),
+                clock,
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(credit_operator::standalone::run(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn validate(dir: &std::path::Path, strict: bool) -> ExitCode {
+    let problems = match credit_operator::validate::validate(dir) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {}: {e}", dir.display());
+            return ExitCode::from(2);
+        }
+    };
+    for p in &problems {
+        println!("{p}");
+    }
+    let errors = problems.iter().filter(|p| p.severity == Severity::Error).count();
+    let warnings = problems.len() - errors;
+    eprintln!("{errors} errors, {warnings} warnings");
+    if errors > 0 || (strict && warnings > 0) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }

@@ -474,7 +474,7 @@ on_both_backends! {
     }
 
     fn recovery_from_snapshot_and_journal_matches_the_live_state(db: &Db) {
-        let mut f = Fixture::with_options(db, LedgerOptions { snapshot_every: 7 });
+        let mut f = Fixture::with_options(db, LedgerOptions { snapshot_every: 7, ..LedgerOptions::default() });
         standard(&f);
         for i in 0..40 {
             let user = ["u-alice", "u-bob", "u-carol"][i % 3];

@@ -8,6 +8,7 @@
 // clippy mistakes for duplicated attributes.
 #[allow(clippy::duplicated_attributes)]
 mod account;
+pub mod convert;
 #[allow(clippy::duplicated_attributes)]
 mod group;
 #[allow(clippy::duplicated_attributes)]

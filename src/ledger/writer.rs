@@ -65,17 +65,22 @@ pub struct Ledger {
 
 struct WriterThread(std::sync::Mutex<Option<JoinHandle<()>>>);
 
+/// Called after each commit with the batch size and how long it took.
+pub type CommitObserver = Arc<dyn Fn(usize, std::time::Duration) + Send + Sync>;
+
 /// Options for opening a ledger.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct LedgerOptions {
     /// Entries between snapshots.
     pub snapshot_every: u64,
+    pub on_commit: Option<CommitObserver>,
 }
 
 impl Default for LedgerOptions {
     fn default() -> Self {
         LedgerOptions {
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            on_commit: None,
         }
     }
 }
@@ -254,7 +259,11 @@ fn run_writer(
         } else {
             let started = Instant::now();
             let r = journal.append(&entries);
-            let micros = started.elapsed().as_micros() as u64;
+            let took = started.elapsed();
+            let micros = took.as_micros() as u64;
+            if let (Ok(()), Some(observe)) = (&r, &options.on_commit) {
+                observe(entries.len(), took);
+            }
             let mut stats = shared.stats.write().unwrap_or_else(|p| p.into_inner());
             stats.batches += 1;
             stats.entries += entries.len() as u64;

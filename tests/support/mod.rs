@@ -93,7 +93,7 @@ impl Fixture {
 
     pub fn with_options(db: &Db, options: LedgerOptions) -> Fixture {
         let clock = ManualClock::new(t("2026-11-26T10:00:00Z"));
-        let ledger = Ledger::open_with(&db.url, Arc::new(clock.clone()), options).expect("open ledger");
+        let ledger = Ledger::open_with(&db.url, Arc::new(clock.clone()), options.clone()).expect("open ledger");
         Fixture {
             ledger,
             clock,
@@ -106,7 +106,7 @@ impl Fixture {
     pub fn restart(&mut self) {
         let old = std::mem::replace(
             &mut self.ledger,
-            Ledger::open_with(&self.url, Arc::new(self.clock.clone()), self.options).expect("reopen ledger"),
+            Ledger::open_with(&self.url, Arc::new(self.clock.clone()), self.options.clone()).expect("reopen ledger"),
         );
         old.shutdown();
     }

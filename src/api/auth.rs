@@ -1,0 +1,126 @@
+//! Bearer tokens from a file: one `TOKEN ROLE [NAME]` per line.
+//!
+//! `gateway` may record usage, authorize, use holds and read; `admin` may
+//! do everything. Without a token file the API serves loopback only.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::AppState;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Gateway,
+    Admin,
+}
+
+/// The caller, as the handlers see it.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+/// The tokens accepted.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens(HashMap<String, Caller>);
+
+impl Tokens {
+    /// Reads a token file; errors name the line.
+    pub fn load(path: &Path) -> Result<Tokens, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut tokens = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let (Some(token), Some(role)) = (parts.next(), parts.next()) else {
+                return Err(format!("{}:{}: expected `TOKEN ROLE [NAME]`", path.display(), n + 1));
+            };
+            let role = match role {
+                "gateway" => Role::Gateway,
+                "admin" => Role::Admin,
+                other => {
+                    return Err(format!(
+                        "{}:{}: unknown role {other:?} (gateway or admin)",
+                        path.display(),
+                        n + 1
+                    ))
+                }
+            };
+            if token.len() < 16 {
+                return Err(format!(
+                    "{}:{}: tokens must be at least 16 characters",
+                    path.display(),
+                    n + 1
+                ));
+            }
+            let name = parts
+                .next()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{role:?}").to_lowercase());
+            tokens.insert(token.to_string(), Caller { name, role });
+        }
+        if tokens.is_empty() {
+            return Err(format!("{}: no tokens", path.display()));
+        }
+        Ok(Tokens(tokens))
+    }
+}
+
+/// Calls a gateway may make: reads, and spending.
+fn gateway_may(method: &Method, path: &str) -> bool {
+    method == Method::GET || path.ends_with("/usage") || path.ends_with("/authorize") || path.contains("/holds")
+}
+
+/// Open to anyone: probes, metrics and the API description.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json")
+}
+
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_string();
+    let caller = match &state.tokens {
+        None => Caller {
+            name: "local".into(),
+            role: Role::Admin,
+        },
+        Some(_) if is_public(&path) => Caller {
+            name: "anonymous".into(),
+            role: Role::Gateway,
+        },
+        Some(tokens) => {
+            let header = request
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            let Some(caller) = header
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .and_then(|t| tokens.0.get(t.trim()))
+            else {
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "a valid bearer token is required",
+                )
+                .into_response();
+            };
+            if caller.role == Role::Gateway && !gateway_may(request.method(), &path) {
+                return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this call needs an admin token")
+                    .into_response();
+            }
+            caller.clone()
+        }
+    };
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}

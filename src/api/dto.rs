@@ -1,0 +1,353 @@
+//! The JSON shapes of HTTP API v1. Amounts in answers are canonical
+//! decimal strings; amounts in bodies may be strings or JSON numbers and
+//! are always read from their text.
+
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{PartialSchema, ToSchema};
+
+use crate::amount::Amount;
+
+/// An amount in a request body: `"12.5"` or `12.5`, parsed exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct AmountIn(pub Amount);
+
+impl PartialSchema for AmountIn {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^-?[0-9]+(\.[0-9]+)?$"))
+                    .description(Some("A decimal string such as \"12.5\"")),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Number)
+                    .description(Some("A JSON number, read from its text")),
+            )
+            .description(Some("An amount: at most 9 decimal places and 18 integer digits"))
+            .into()
+    }
+}
+
+impl ToSchema for AmountIn {}
+
+/// Body of `POST …/usage`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UsageIn {
+    /// The member's user id.
+    #[schema(example = "u-1001")]
+    pub member: String,
+    /// Cost in dollars, converted with the account's credit factor.
+    #[serde(default)]
+    pub cost_usd: Option<AmountIn>,
+    /// Credits, when the gateway counts in credits itself.
+    #[serde(default)]
+    pub credits: Option<AmountIn>,
+    /// Unique per event and account; a retry with the same key debits once.
+    pub idempotency_key: String,
+    /// When the usage happened (informational; never selects a cycle).
+    #[serde(default)]
+    pub occurred_at: Option<String>,
+}
+
+/// Credits used and left for the member after a usage event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberBalance {
+    #[schema(value_type = String)]
+    pub used: Amount,
+    #[schema(value_type = String)]
+    pub remaining: Amount,
+}
+
+/// Answer of `POST …/usage`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageOut {
+    /// True when this key was seen before; the answer is the first one.
+    pub duplicate: bool,
+    /// Credits debited.
+    #[schema(value_type = String)]
+    pub credits: Amount,
+    pub member: MemberBalance,
+}
+
+/// Body of `POST …/authorize`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizeIn {
+    /// The member's user id.
+    #[schema(example = "u-1001")]
+    pub member: String,
+    #[serde(default)]
+    pub credits: Option<AmountIn>,
+    #[serde(default)]
+    pub cost_usd: Option<AmountIn>,
+}
+
+/// Answer of `POST …/authorize`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizeOut {
+    pub allowed: bool,
+    /// The smallest headroom of member, group and account; null while
+    /// credit tracking is disabled.
+    #[schema(value_type = Option<String>)]
+    pub remaining: Option<Amount>,
+    /// The scope with that headroom: `member`, `group` or `account`.
+    pub limited_by: Option<String>,
+}
+
+/// Body of `POST …/holds`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HoldIn {
+    /// The member's user id.
+    #[schema(example = "u-1001")]
+    pub member: String,
+    #[serde(default)]
+    pub credits: Option<AmountIn>,
+    #[serde(default)]
+    pub cost_usd: Option<AmountIn>,
+    /// Seconds until an unsettled hold expires (1 to 604800).
+    pub ttl_seconds: u64,
+    pub idempotency_key: String,
+}
+
+/// Body of `POST …/holds/{id}/settle`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SettleIn {
+    #[serde(default)]
+    pub credits: Option<AmountIn>,
+    #[serde(default)]
+    pub cost_usd: Option<AmountIn>,
+}
+
+/// A hold.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldOut {
+    pub id: String,
+    pub member: String,
+    /// Credits held.
+    #[schema(value_type = String)]
+    pub credits: Amount,
+    /// `Open`, `Settled`, `Released` or `Expired`.
+    pub state: String,
+    pub expires_at: String,
+    /// Credits debited by the settlement.
+    #[schema(value_type = Option<String>)]
+    pub settled_credits: Option<Amount>,
+    pub duplicate: bool,
+}
+
+/// A cycle window.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CycleOut {
+    pub number: u64,
+    pub start: String,
+    pub end: String,
+}
+
+/// One group's share in the overview.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupShare {
+    pub name: String,
+    #[schema(value_type = String)]
+    pub budget: Amount,
+    #[schema(value_type = String)]
+    pub used: Amount,
+}
+
+/// Answer of `GET …/overview`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OverviewOut {
+    pub cycle: CycleOut,
+    #[schema(value_type = String)]
+    pub credits_per_cycle: Amount,
+    #[schema(value_type = String)]
+    pub used: Amount,
+    #[schema(value_type = String)]
+    pub balance: Amount,
+    #[schema(value_type = String)]
+    pub usage_percent: Amount,
+    #[schema(value_type = String)]
+    pub allocated: Amount,
+    #[schema(value_type = String)]
+    pub unallocated: Amount,
+    pub tracking_enabled: bool,
+    pub groups: Vec<GroupShare>,
+}
+
+/// A group's figures.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupOut {
+    pub name: String,
+    #[schema(value_type = String)]
+    pub monthly_credits: Amount,
+    #[schema(value_type = String)]
+    pub extra_credits: Amount,
+    #[schema(value_type = String)]
+    pub budget: Amount,
+    #[schema(value_type = String)]
+    pub distributed: Amount,
+    #[schema(value_type = String)]
+    pub available: Amount,
+    #[schema(value_type = String)]
+    pub granted: Amount,
+    #[schema(value_type = String)]
+    pub used: Amount,
+    #[schema(value_type = String)]
+    pub auto_approve_reserve: Amount,
+    #[schema(value_type = String)]
+    pub auto_approve_remaining: Amount,
+    pub members: u32,
+}
+
+/// Answer of `GET …/groups`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupsOut {
+    pub items: Vec<GroupOut>,
+}
+
+/// A user of the platform.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserOut {
+    pub id: String,
+    #[serde(default)]
+    pub email: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+/// A member's figures.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberOut {
+    /// The MemberAllocation name.
+    pub name: String,
+    pub user: UserOut,
+    pub group: String,
+    #[schema(value_type = String)]
+    pub monthly_credits: Amount,
+    #[schema(value_type = String)]
+    pub extra_credits: Amount,
+    #[schema(value_type = String)]
+    pub granted: Amount,
+    #[schema(value_type = String)]
+    pub used: Amount,
+    #[schema(value_type = String)]
+    pub remaining: Amount,
+}
+
+/// A page of members.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MembersOut {
+    pub items: Vec<MemberOut>,
+    pub page: u32,
+    pub page_size: u32,
+    pub total: u64,
+}
+
+/// Body of `POST …/members`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolIn {
+    pub user: UserOut,
+    /// The group; the account's default group when absent.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// A credit request.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestOut {
+    pub name: String,
+    /// The member's user id (the MemberAllocation name when it is unknown).
+    pub member: String,
+    pub user: Option<UserOut>,
+    #[schema(value_type = String)]
+    pub credits: Amount,
+    pub reason: String,
+    /// `Pending`, `Approved`, `Denied` or `AutoApproved`.
+    pub phase: String,
+    #[schema(value_type = Option<String>)]
+    pub approved_credits: Option<Amount>,
+    pub submitted_at: String,
+    pub decided_at: Option<String>,
+    pub decided_by: Option<String>,
+}
+
+/// A page of requests.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestsOut {
+    pub items: Vec<RequestOut>,
+    pub page: u32,
+    pub page_size: u32,
+    pub total: u64,
+}
+
+/// Body of `POST …/requests`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestIn {
+    /// The member's user id.
+    #[schema(example = "u-1001")]
+    pub member: String,
+    pub credits: AmountIn,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Body of `POST …/requests/{name}/approve`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveIn {
+    /// Credits to grant; the requested amount when absent.
+    #[serde(default)]
+    pub credits: Option<AmountIn>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Body of `POST …/requests/{name}/deny`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DenyIn {
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Body of `POST …/reset`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetIn {}
+
+/// An error: a stable code, a sentence, and the field when one is at fault.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorOut {
+    pub error: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// For `insufficient_credits`: the scope that refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limited_by: Option<String>,
+}
+
+/// Answer of `/healthz` and `/readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthOut {
+    pub status: String,
+}

@@ -1,0 +1,77 @@
+//! Errors as JSON `{error, message, field?}` with a fitting status.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::dto::ErrorOut;
+use crate::ledger::LedgerError;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: ErrorOut,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: ErrorOut {
+                error: error.to_string(),
+                message: message.into(),
+                field: None,
+                limited_by: None,
+            },
+        }
+    }
+
+    pub fn bad_field(field: &str, message: impl std::fmt::Display) -> Self {
+        let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", format!("{field}: {message}"));
+        e.body.field = Some(field.to_string());
+        e
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(e: LedgerError) -> Self {
+        use LedgerError::*;
+        let status = match &e {
+            InvalidField { .. } | InvalidApproval { .. } => StatusCode::BAD_REQUEST,
+            UnknownAccount(_) | UnknownMember(_) | UnknownGroup(_) | UnknownRequest(_) | UnknownHold(_) => {
+                StatusCode::NOT_FOUND
+            }
+            IdempotencyConflict(_)
+            | DuplicateUserId { .. }
+            | AlreadyDecided { .. }
+            | MemberNotFound(_)
+            | HoldClosed { .. }
+            | InsufficientCredits { .. } => StatusCode::CONFLICT,
+            Storage(_) | Fenced(_) | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let mut body = ErrorOut {
+            error: e.code().to_string(),
+            message: e.to_string(),
+            field: None,
+            limited_by: None,
+        };
+        match &e {
+            InvalidField { field, .. } => body.field = Some(field.clone()),
+            InvalidApproval { .. } => body.field = Some("credits".into()),
+            InsufficientCredits { limited_by, .. } => body.limited_by = Some(limited_by.clone()),
+            _ => {}
+        }
+        ApiError { status, body }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}

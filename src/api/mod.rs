@@ -1,0 +1,812 @@
+//! HTTP API v1: usage, authorize, holds, the figures, enrolment,
+//! requests and resets, over one ledger.
+//!
+//! Handlers translate JSON to ledger commands and figures to JSON; the
+//! rules live in the ledger. A 2xx answer to a write means its journal
+//! batch is durable.
+
+pub mod auth;
+pub mod dto;
+pub mod error;
+pub mod metrics;
+mod openapi;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, MatchedPath, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use jiff::Timestamp;
+use serde::de::DeserializeOwned;
+
+use crate::amount::Amount;
+use crate::ledger::state::{Account, Member};
+use crate::ledger::{numbers, Charge, Command, Ledger, LedgerError, MemberSpec, Outcome, Phase, Verdict};
+use auth::{Caller, Tokens};
+use dto::*;
+use error::ApiError;
+pub use metrics::Metrics;
+pub use openapi::openapi_json;
+
+/// Where enrolled members are written: the manifest folder standalone,
+/// a MemberAllocation in the cluster.
+pub trait Directory: Send + Sync + 'static {
+    fn enrol<'a>(
+        &'a self,
+        account: &'a str,
+        member: MemberSpec,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ApiError>> + Send + 'a>>;
+}
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub ledger: Ledger,
+    pub tokens: Option<Arc<Tokens>>,
+    pub metrics: Metrics,
+    pub directory: Arc<dyn Directory>,
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let a = "/v1/namespaces/{ns}/accounts/{account}";
+    Router::new()
+        .route(&format!("{a}/usage"), post(usage))
+        .route(&format!("{a}/authorize"), post(authorize))
+        .route(&format!("{a}/holds"), post(open_hold))
+        .route(&format!("{a}/holds/{{id}}/settle"), post(settle_hold))
+        .route(&format!("{a}/holds/{{id}}"), axum::routing::delete(release_hold))
+        .route(&format!("{a}/overview"), get(overview))
+        .route(&format!("{a}/groups"), get(groups))
+        .route(&format!("{a}/groups/{{group}}/members"), get(members))
+        .route(&format!("{a}/members"), post(enrol))
+        .route(&format!("{a}/requests"), get(list_requests).post(create_request))
+        .route(&format!("{a}/requests/{{name}}/approve"), post(approve))
+        .route(&format!("{a}/requests/{{name}}/deny"), post(deny))
+        .route(&format!("{a}/reset"), post(reset))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi_doc))
+        .route_layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .with_state(state)
+}
+
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    let labels = metrics::HttpLabels {
+        route,
+        method,
+        status: response.status().as_u16(),
+    };
+    state.metrics.http_requests.get_or_create(&labels).inc();
+    response
+}
+
+/// A JSON body; a malformed one is a 400 naming the field.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::bad_field("body", e))?;
+        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        let mut de = serde_json::Deserializer::from_slice(text);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { "body".to_string() } else { path };
+            ApiError::bad_field(&field, e.into_inner())
+        })?;
+        de.end().map_err(|e| ApiError::bad_field("body", e))?;
+        Ok(Body(value))
+    }
+}
+
+fn account_id(ns: &str, account: &str) -> String {
+    format!("{ns}/{account}")
+}
+
+fn rfc3339(t: Timestamp) -> String {
+    t.to_string()
+}
+
+/// Exactly one of `credits` and `costUsd`.
+fn charge(credits: Option<AmountIn>, cost_usd: Option<AmountIn>) -> Result<Charge, ApiError> {
+    match (credits, cost_usd) {
+        (Some(c), None) => Ok(Charge::Credits(c.0)),
+        (None, Some(c)) => Ok(Charge::CostUsd(c.0)),
+        (Some(_), Some(_)) => Err(ApiError::bad_field(
+            "credits",
+            "give either credits or costUsd, not both",
+        )),
+        (None, None) => Err(ApiError::bad_field("credits", "give credits or costUsd")),
+    }
+}
+
+fn unexpected(outcome: Outcome) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("unexpected ledger answer {outcome:?}"),
+    )
+}
+
+fn hold_out(h: crate::ledger::HoldView) -> HoldOut {
+    HoldOut {
+        id: h.id,
+        member: h.member,
+        credits: h.credits,
+        state: h.state.as_str().to_string(),
+        expires_at: rfc3339(h.expires_at),
+        settled_credits: h.settled_credits,
+        duplicate: h.duplicate,
+    }
+}
+
+fn member_out(f: numbers::MemberFigures) -> MemberOut {
+    MemberOut {
+        name: f.name,
+        user: UserOut {
+            id: f.user_id,
+            email: f.email,
+            name: f.display_name,
+        },
+        group: f.group,
+        monthly_credits: f.monthly,
+        extra_credits: f.extra,
+        granted: f.granted,
+        used: f.used,
+        remaining: f.remaining,
+    }
+}
+
+fn group_out(f: numbers::GroupFigures) -> GroupOut {
+    GroupOut {
+        name: f.name,
+        monthly_credits: f.monthly,
+        extra_credits: f.extra,
+        budget: f.budget,
+        distributed: f.distributed,
+        available: f.available,
+        granted: f.granted,
+        used: f.used,
+        auto_approve_reserve: f.auto_approve_reserve,
+        auto_approve_remaining: f.auto_approve_remaining,
+        members: f.members,
+    }
+}
+
+fn request_out(account: &Account, r: &crate::ledger::state::Request) -> RequestOut {
+    let member = account.member_by_name(&r.member);
+    RequestOut {
+        name: r.name.clone(),
+        member: member
+            .map(|m| m.spec.user_id.clone())
+            .unwrap_or_else(|| r.member.clone()),
+        user: member.map(|m| UserOut {
+            id: m.spec.user_id.clone(),
+            email: m.spec.email.clone(),
+            name: m.spec.display_name.clone(),
+        }),
+        credits: r.credits,
+        reason: r.reason.clone(),
+        phase: r.phase.as_str().to_string(),
+        approved_credits: r.approved_credits,
+        submitted_at: rfc3339(r.submitted_at),
+        decided_at: r.decided_at.map(rfc3339),
+        decided_by: r.decided_by.clone(),
+    }
+}
+
+/// Query parameters, each checked by name.
+struct Params(BTreeMap<String, String>);
+
+impl Params {
+    fn number<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {
+        self.0
+            .get(name)
+            .map(|v| {
+                v.parse::<T>()
+                    .map_err(|_| ApiError::bad_field(name, format!("must be a whole number, got {v:?}")))
+            })
+            .transpose()
+    }
+
+    /// `page` (from 1) and `pageSize` (1 to 500, default 50).
+    fn paging(&self) -> Result<(u32, u32), ApiError> {
+        let page = self.number::<u32>("page")?.unwrap_or(1);
+        let size = self.number::<u32>("pageSize")?.unwrap_or(50);
+        if page == 0 {
+            return Err(ApiError::bad_field("page", "counts from 1"));
+        }
+        if size == 0 || size > 500 {
+            return Err(ApiError::bad_field("pageSize", "must be between 1 and 500"));
+        }
+        Ok((page, size))
+    }
+}
+
+fn page<T>(items: Vec<T>, page: u32, size: u32) -> (Vec<T>, u64) {
+    let total = items.len() as u64;
+    let start = (u64::from(page) - 1) * u64::from(size);
+    let items = items
+        .into_iter()
+        .skip(start.min(total) as usize)
+        .take(size as usize)
+        .collect();
+    (items, total)
+}
+
+/// The cycle a read asks for: `?cycle=N`, else the current one.
+fn cycle_param(params: &Params, account: &Account) -> Result<u64, ApiError> {
+    let cycle = params.number::<u64>("cycle")?.unwrap_or(account.cycle.number);
+    if cycle == 0 || cycle > account.cycle.number {
+        return Err(ApiError::not_found(format!(
+            "cycle {cycle} not found (current is {})",
+            account.cycle.number
+        )));
+    }
+    Ok(cycle)
+}
+
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/accounts/{account}/usage", tag = "spending",
+    params(("ns" = String, Path, description = "The namespace of the account", example = "ml-platform"), ("account" = String, Path, description = "The CreditAccount name", example = "acme")), request_body = UsageIn,
+    responses((status = 200, body = UsageOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut),
+        (status = 403, body = ErrorOut), (status = 404, body = ErrorOut), (status = 409, body = ErrorOut)))]
+async fn usage(
+    State(s): State<AppState>,
+    Path((ns, account)): Path<(String, String)>,
+    Body(b): Body<UsageIn>,
+) -> Result<Json<UsageOut>, ApiError> {
+    let charge = charge(b.credits, b.cost_usd)?;
+    let occurred_at = b
+        .occurred_at
+        .map(|t| t.parse::<Timestamp>())
+        .transpose()
+        .map_err(|e| ApiError::bad_field("occurredAt", format!("must be an RFC 3339 time: {e}")))?;
+    let command = Command::RecordUsage {
+        account: account_id(&ns, &account),
+        member: b.member,
+        charge,
+        key: b.idempotency_key,
+        occurred_at,
+    };
+    match s.ledger.execute(command).await? {
+        Outcome::Usage(r) => Ok(Json(UsageOut {
+            duplicate: r.duplicate,
+            credits: r.credits,
+            member: MemberBalance {
+                used: r.member_used,
+                remaining: r.member_remaining,
+            },
+        })),
+        other => Err(unexpected(other)),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/accounts/{account}/authorize", tag = "spending",
+    params(("ns" = String, Path, description = "The namespace of the account", example = "ml-platform"), ("account" = String, Path, description = "The CreditAccount name", example = "acme")), request_body = AuthorizeIn,
+    responses((status = 200, body = AuthorizeOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut),
+        (status = 404, body = ErrorOut)))]
+async fn authorize(
+    State(s): State<AppState>,
+    Path((ns, account)): Path<(String, String)>,
+    Body(b): Body<AuthorizeIn>,
+) -> Result<Json<AuthorizeOut>, ApiError> {
+    let charge = charge(b.credits, b.cost_usd)?;
+    let id = account_id(&ns, &account);
+    s.ledger.catch_up(Some(&id)).await?;
+    let a = s.ledger.authorize(&id, &b.member, charge)?;
+    Ok(Json(AuthorizeOut {
+        allowed: a.allowed,
+        remaining: a.remaining,
+        limited_by: a.limited_by.map(|l| l.as_str().to_string()),
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/accounts/{account}/holds", tag = "spending",
+    params(("ns" = String, Path, description = "The namespace of the account", example = "ml-platform"), ("account" = String, Path, description = "The CreditAccount name", example = "acme")), request_body = HoldIn,
+    responses((status = 201, body = HoldOut), (status = 200, body = HoldOut, description = "a replayed key"),
+        (status = 400, body = ErrorOut), (status = 401, body = ErrorOut), (status = 404, body = ErrorOut),
+        (status = 409, body = ErrorOut)))]
+async fn open_hold(
+    State(s): State<AppState>,
+    Path((ns, account)): Path<(String, String)>,
+    Body(b): Body<HoldIn>,
+) -> Result<(StatusCode, Json<HoldOut>), ApiError> {
+    let command = Command::OpenHold {
+        account: account_id(&ns, &account),
+        member: b.member,
+        charge: charge(b.credits, b.cost_usd)?,
+        ttl_seconds: b.ttl_seconds,
+        key: b.idempotency_key,
+    };
+    match s.ledger.execute(command).await? {
+        Outcome::Hold(h) => {
+            let status = if h.duplicate {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            Ok((status, Json(hold_out(h))))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/accounts/{account}/holds/{id}/settle", tag = "spending",
+    params(("ns" = String, Path, description = "The namespace of the account", example = "ml-platform"), ("account" = String, Path, description = "The CreditAccount name", example = "acme"), ("id" = String, Path)), request_body = SettleIn,
+    responses((status = 200, body = HoldOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut),
+        (status = 404, body = ErrorOut), (status = 409, body = ErrorOut)))]
+async fn settle_hold(
+    State(s): State<AppState>,
+    Path((ns, account, id)): Path<(String, String, String)>,
+    Body(b): Body<SettleIn>,
+) -> Result<Json<HoldOut>, ApiError> {
+    let command = Command::SettleHold {
+        account: account_id(&ns, &account),
+        id,
+        charge: charge(b.credits, b.cost_usd)?,
+    };
+    match s.ledger.execute(command).await? {
+        Outcome::Hold(h) => Ok(Json(hold_out(h))),
+        other => Err(unexpected(other)),
+    }
+}
+
+#[utoipa::path(delete, path = "/v1/namespaces/{ns}/accounts/{account}/holds/{id}", tag = "spending",
+    params(("ns" = String, Path, description = "The namespace of the account", example = "ml-platform"), ("account" = String, Path, description = "The CreditAccount name", example = "acme"), ("id" = String, Path)),
+    responses((status = 200, body = HoldOut), (status = 401, body = ErrorOut), (status = 404, body = ErrorOut)))]
+async fn release_hold(
+    State(s): State<AppState>,
+    Path((ns, account, id)): Path<(String, String, String)>,
+) -> Result<Json<HoldOut>, ApiError> {
+    match s
+        .ledger
+        .execute(Command::ReleaseHold {
+            account: account_id(&ns, &account),
+            id,
+        })
+        .await?
+    {
+        Outcome::Hold(h) => Ok(Json(hold_out(h))),
+        other => Err(unexpected(other)),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/accounts/{account}/overview", tag = "figures",
+    params(("ns" = String, Path, description = "The namespace of the account", example = "ml-platform"), ("account" = String, Path, description = "The CreditAccount name", example = "acme"), ("cycle" = Option<u64>, Query, description = "a closed cycle")),
+    responses((status = 200, body = OverviewOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut),
+        (status = 404, body = ErrorOut)))]
+async fn overview(
+    State(s): State<AppState>,
+    Path((ns, account)): Path<(String, String)>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Result<Json<OverviewOut>, ApiError> {
+    let id = account_id(&ns, &account);
+    s.ledger.catch_up(Some(&id)).await?;
+    let state = s.ledger.read();
+    let acct = state.active_account(&id)?;
+    let cycle = cycle_param(&Params(params), acct)?;
+    let f = numbers::account(acct, cycle).ok_or_else(|| ApiError::not_found(format!("cycle {cycle} not found")))?;
+    Ok(Json(OverviewOut {
+        cycle: CycleOut {
+            number: f.cycle.number,
+            start: rfc3339(f.cycle.start),
+            end: rfc3339(f.cycle.end),
+        },
+        credits_per_cycle: f.credits_per_cycle,
+        used: f.used,
+        balance: f.balance,
+        usage_percent: f.usage_percent,
+        allocated: f.allocated,
+        unallocated: f.unallocated,
+        tracking_enabled: f.tracking_enabled,
+        groups: f
+            .groups
+            .into_iter()
+            .map(|(name, budget, used)| GroupShare { name, budget, used })
+            .collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/accounts/{account}/groups", tag = "figures",
+    params(("ns" = String, Path, description = "The namespace of the account", example = "ml-platform"), ("account" = String, Path, description = "The CreditAccount name", example = "acme"), ("cycle" = Option<u64>, Query, description = "a closed cycle")),
+    responses((status = 200, body = GroupsOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut),
+        (status = 404, body = ErrorOut)))]
+async fn groups(
+    State(s): State<AppState>,
+    Path((ns, account)): Path<(String, String)>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Result<Json<GroupsOut>, ApiError> {
+    let id = account_id(&ns, &account);
+    s.ledger.catch_up(Some(&id)).await?;
+    let state = s.ledger.read();
+    let acct = state.active_account(&id)?;
+    let cycle = cycle_param(&Params(params), acct)?;
+    let items = if cycle == acct.cycle.number {
+        acct.groups
+            .values()
+            .filter(|g| g.active)
+            .map(|g| numbers::group(acct, g))
+            .collect()
+    } else {
+        numbers::closed_groups(acct, cycle).unwrap_or_default()
+    };
+    Ok(Json(GroupsOut {
+        items: items.into_iter().map(group_out).collect(),
+    }))
+}
+
+fn matches_search(m: &Member, needle: &str) -> bool {
+    needle.is_empty()
+        || m.spec.display_name.to_lowercase().contains(needle)
+        || m.spec.email.to_lowercase().contains(needle)
+}
+
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/accounts/{account}/groups/{group}/members", tag = "figures",
+    params(("ns" = String, Path, description = "The namespace of the account", example = "ml-platform"), ("account" = String, Path, description = "The CreditAccount name", example = "acme"), ("group" = String, Path, example = "research"),
+        ("search" = Option<String>, Query, description = "matches name or email, case-insensitive"),
+        ("page" = Option<u32>, Query), ("pageSize" = Option<u32>, Query), ("cycle" = Option<u64>, Query)),
+    responses((status = 200, body = MembersOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut),
+        (status = 404, body = ErrorOut)))]
+async fn members(
+    State(s): State<AppState>,
+    Path((ns, account, group)): Path<(String, String, String)>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Result<Json<MembersOut>, ApiError> {
+    let id = account_id(&ns, &account);
+    s.ledger.catch_up(Some(&id)).await?;
+    let params = Params(params);
+    let (page_no, size) = params.paging()?;
+    let state = s.ledger.read();
+    let acct = state.active_account(&id)?;
+    let cycle = cycle_param(&params, acct)?;
+    let current = cycle == acct.cycle.number;
+    let known = if current {
+        acct.groups.get(&group).is_some_and(|g| g.active)
+    } else {
+        numbers::closed_groups(acct, cycle).is_some_and(|gs| gs.iter().any(|g| g.name == group))
+    };
+    if !known {
+        return Err(LedgerError::UnknownGroup(group).into());
+    }
+    let needle = params.0.get("search").map(|s| s.to_lowercase()).unwrap_or_default();
+    let mut items: Vec<numbers::MemberFigures> = acct
+        .members
+        .values()
+        .filter(|m| {
+            if current {
+                m.active
+            } else {
+                m.history.contains_key(&cycle) || m.tally.cycle == cycle
+            }
+        })
+        .filter(|m| matches_search(m, &needle))
+        .map(|m| numbers::member(acct, m, cycle))
+        .filter(|f| f.group == group)
+        .collect();
+    items.sort_by(|a, b| (&a.email, &a.user_id).cmp(&(&b.email, &b.user_id)));
+    let (items, total) = page(items, page_no, size);
+    Ok(Json(MembersOut {
+        items: items.into_iter().map(member_out).collect(),
+        page: page_no,
+        page_size: size,
+        total,
+    }))
+}
+
+/// A MemberAllocation name for a user id.
+fn object_name(user_id: &str) -> String {
+    let mut name: String = user_id
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name = name.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string();
+    if name.is_empty() {
+        name = "member".into();
+    }
+    name.truncate(200);
+    name
+}
+
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/accounts/{account}/members", tag = "members",
+    params(("ns" = String, Path, description = "The namespace of the account", example = "ml-platform"), ("account" = String, Path, description = "The CreditAccount name", example = "acme")), request_body = EnrolIn,
+    responses((status = 201, body = MemberOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut),
+        (status = 403, body = ErrorOut), (status = 404, body = ErrorOut), (status = 409, body = ErrorOut)))]
+async fn enrol(
+    State(s): State<AppState>,
+    Path((ns, account)): Path<(String, String)>,
+    Body(b): Body<EnrolIn>,
+) -> Result<(StatusCode, Json<MemberOut>), ApiError> {
+    let id = account_id(&ns, &account);
+    let spec = {
+        let state = s.ledger.read();
+        let acct = state.active_account(&id)?;
+        if let Some(g) = &b.group {
+            crate::ledger::check_name("group", g)?;
+            if !acct.groups.get(g).is_some_and(|g| g.active) {
+                return Err(LedgerError::UnknownGroup(g.clone()).into());
+            }
+        }
+        crate::ledger::check_name("user.id", &b.user.id)?;
+        if let Some(existing) = acct.members.get(&b.user.id).filter(|m| m.active) {
+            return Err(LedgerError::DuplicateUserId {
+                user_id: b.user.id.clone(),
+                owner: existing.spec.name.clone(),
+            }
+            .into());
+        }
+        let mut name = object_name(&b.user.id);
+        if acct.names.get(&name).is_some_and(|owner| owner != &b.user.id) {
+            name = format!("{name}-{}", acct.members.len() + 1);
+        }
+        MemberSpec {
+            name,
+            user_id: b.user.id.clone(),
+            email: b.user.email.clone(),
+            display_name: b.user.name.clone(),
+            group: b.group.clone(),
+            monthly_credits: None,
+            extra_credits: Amount::ZERO,
+        }
+    };
+    spec.validate()?;
+    let user_id = spec.user_id.clone();
+    s.directory.enrol(&id, spec).await?;
+    let state = s.ledger.read();
+    let acct = state.active_account(&id)?;
+    let m = acct
+        .members
+        .get(&user_id)
+        .ok_or_else(|| LedgerError::UnknownMember(user_id.clone()))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(member_out(numbers::member(acct, m, acct.cycle.number))),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/accounts/{account}/requests", tag = "requests",
+    params(("ns" = String, Path, description = "The namespace of the account", example = "ml-platform"), ("account" = String, Path, description = "The CreditAccount name", example = "acme"),
+        ("status" = Option<String>, Query, description = "Pending, Approved, Denied or AutoApproved"),
+        ("page" = Option<u32>, Query), ("pageSize" = Option<u32>, Query)),
+    responses((status = 200, body = RequestsOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut),
+        (status = 404, body = ErrorOut)))]
+async fn list_requests(
+    State(s): State<AppState>,
+    Path((ns, account)): Path<(String, String)>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Result<Json<RequestsOut>, ApiError> {
+    let params = Params(params);
+    let (page_no, size) = params.paging()?;
+    let status = match params.0.get("status").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(Phase::parse(s).ok_or_else(|| {
+            ApiError::bad_field(
+                "status",
+                format!("must be Pending, Approved, Denied or AutoApproved, got {s:?}"),
+            )
+        })?),
+    };
+    let id = account_id(&ns, &account);
+    let state = s.ledger.read();
+    let acct = state.active_account(&id)?;
+    let mut items: Vec<&crate::ledger::state::Request> = acct
+        .requests
+        .values()
+        .filter(|r| status.is_none_or(|p| r.phase == p))
+        .collect();
+    items.sort_by(|a, b| (b.submitted_at, &a.name).cmp(&(a.submitted_at, &b.name)));
+    let (items, total) = page(items, page_no, size);
+    Ok(Json(RequestsOut {
+        items: items.into_iter().map(|r| request_out(acct, r)).collect(),
+        page: page_no,
+        page_size: size,
+        total,
+    }))
+}
+
+/// A unique name for a request made over the API.
+fn request_name(now: Timestamp) -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("req-{}-{n}", now.as_millisecond())
+}
+
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/accounts/{account}/requests", tag = "requests",
+    params(("ns" = String, Path, description = "The namespace of the account", example = "ml-platform"), ("account" = String, Path, description = "The CreditAccount name", example = "acme")), request_body = RequestIn,
+    responses((status = 201, body = RequestOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut),
+        (status = 403, body = ErrorOut), (status = 404, body = ErrorOut)))]
+async fn create_request(
+    State(s): State<AppState>,
+    Path((ns, account)): Path<(String, String)>,
+    Body(b): Body<RequestIn>,
+) -> Result<(StatusCode, Json<RequestOut>), ApiError> {
+    let id = account_id(&ns, &account);
+    let member_name = {
+        let state = s.ledger.read();
+        let acct = state.active_account(&id)?;
+        acct.members
+            .get(&b.member)
+            .filter(|m| m.active)
+            .map(|m| m.spec.name.clone())
+            .ok_or_else(|| LedgerError::UnknownMember(b.member.clone()))?
+    };
+    let name = request_name(s.ledger.clock().now());
+    let command = Command::SubmitRequest {
+        account: id.clone(),
+        uid: format!("api/{id}/{name}"),
+        name,
+        member: member_name,
+        credits: b.credits.0,
+        reason: b.reason,
+    };
+    let Outcome::Request(view) = s.ledger.execute(command).await? else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected ledger answer",
+        ));
+    };
+    let state = s.ledger.read();
+    let acct = state.active_account(&id)?;
+    Ok((StatusCode::CREATED, Json(request_out(acct, &acct.requests[&view.uid]))))
+}
+
+async fn decide(
+    s: &AppState,
+    ns: &str,
+    account: &str,
+    name: &str,
+    verdict: Verdict,
+    reason: String,
+    by: String,
+) -> Result<Json<RequestOut>, ApiError> {
+    let id = account_id(ns, account);
+    let uid = {
+        let state = s.ledger.read();
+        let acct = state.active_account(&id)?;
+        acct.requests
+            .values()
+            .find(|r| r.name == name)
+            .map(|r| r.uid.clone())
+            .ok_or_else(|| LedgerError::UnknownRequest(name.to_string()))?
+    };
+    s.ledger
+        .execute(Command::DecideRequest {
+            account: id.clone(),
+            uid: uid.clone(),
+            verdict,
+            reason,
+            by,
+        })
+        .await?;
+    let state = s.ledger.read();
+    let acct = state.active_account(&id)?;
+    Ok(Json(request_out(acct, &acct.requests[&uid])))
+}
+
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/accounts/{account}/requests/{name}/approve", tag = "requests",
+    params(("ns" = String, Path, description = "The namespace of the account", example = "ml-platform"), ("account" = String, Path, description = "The CreditAccount name", example = "acme"), ("name" = String, Path)), request_body = ApproveIn,
+    responses((status = 200, body = RequestOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut),
+        (status = 403, body = ErrorOut), (status = 404, body = ErrorOut), (status = 409, body = ErrorOut)))]
+async fn approve(
+    State(s): State<AppState>,
+    Path((ns, account, name)): Path<(String, String, String)>,
+    Extension(caller): Extension<Caller>,
+    Body(b): Body<ApproveIn>,
+) -> Result<Json<RequestOut>, ApiError> {
+    let verdict = Verdict::Approve {
+        credits: b.credits.map(|c| c.0),
+    };
+    decide(
+        &s,
+        &ns,
+        &account,
+        &name,
+        verdict,
+        b.reason.unwrap_or_default(),
+        caller.name,
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/accounts/{account}/requests/{name}/deny", tag = "requests",
+    params(("ns" = String, Path, description = "The namespace of the account", example = "ml-platform"), ("account" = String, Path, description = "The CreditAccount name", example = "acme"), ("name" = String, Path)), request_body = DenyIn,
+    responses((status = 200, body = RequestOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut),
+        (status = 403, body = ErrorOut), (status = 404, body = ErrorOut), (status = 409, body = ErrorOut)))]
+async fn deny(
+    State(s): State<AppState>,
+    Path((ns, account, name)): Path<(String, String, String)>,
+    Extension(caller): Extension<Caller>,
+    Body(b): Body<DenyIn>,
+) -> Result<Json<RequestOut>, ApiError> {
+    decide(&s, &ns, &account, &name, Verdict::Deny, b.reason, caller.name).await
+}
+
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/accounts/{account}/reset", tag = "cycles",
+    params(("ns" = String, Path, description = "The namespace of the account", example = "ml-platform"), ("account" = String, Path, description = "The CreditAccount name", example = "acme")), request_body = ResetIn,
+    responses((status = 200, body = CycleOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut),
+        (status = 403, body = ErrorOut), (status = 404, body = ErrorOut)))]
+async fn reset(
+    State(s): State<AppState>,
+    Path((ns, account)): Path<(String, String)>,
+    Body(_): Body<ResetIn>,
+) -> Result<Json<CycleOut>, ApiError> {
+    match s
+        .ledger
+        .execute(Command::Reset {
+            account: account_id(&ns, &account),
+            mark: None,
+        })
+        .await?
+    {
+        Outcome::Cycle(c) => Ok(Json(CycleOut {
+            number: c.number,
+            start: rfc3339(c.start),
+            end: rfc3339(c.end),
+        })),
+        other => Err(unexpected(other)),
+    }
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = HealthOut)))]
+async fn healthz() -> Json<HealthOut> {
+    Json(HealthOut { status: "ok".into() })
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = HealthOut), (status = 503, body = ErrorOut)))]
+async fn readyz(State(s): State<AppState>) -> Result<Json<HealthOut>, ApiError> {
+    match s.ledger.fenced() {
+        None => Ok(Json(HealthOut { status: "ok".into() })),
+        Some(epoch) => Err(LedgerError::Fenced(epoch).into()),
+    }
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
+async fn metrics_text(State(s): State<AppState>) -> Response {
+    let body = s.metrics.render(&s.ledger);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn openapi_doc() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+}

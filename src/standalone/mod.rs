@@ -1,0 +1,277 @@
+//! `credit-operator standalone`: the whole product on one host, no
+//! cluster. Desired state comes from a folder of manifests (re-read
+//! while running), the ledger is an SQLite file by default, and the HTTP
+//! API serves gateways and admins.
+
+pub mod reconcile;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use crate::api::{self, error::ApiError, AppState, Directory, Metrics};
+use crate::clock::Clock;
+use crate::ledger::writer::LedgerOptions;
+use crate::ledger::{numbers, Ledger, MemberSpec};
+use crate::manifests;
+use reconcile::Reconciler;
+
+/// Where enrolled members go, under the manifest folder.
+pub const ENROLLED_DIR: &str = "enrolled";
+
+/// How to run.
+pub struct Options {
+    pub manifests: PathBuf,
+    pub ledger: String,
+    pub listen: SocketAddr,
+    pub tokens: Option<api::auth::Tokens>,
+    pub poll_interval: Duration,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Why standalone could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("refusing to listen on {0} without --token-file: without tokens the API serves loopback only")]
+    NotLoopback(SocketAddr),
+    #[error("manifest folder {0}: {1}")]
+    Manifests(PathBuf, std::io::Error),
+    #[error("ledger: {0}")]
+    Ledger(#[from] crate::ledger::LedgerError),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// The manifest folder and what reads it, shared by the poll loop and
+/// enrolment.
+struct Folder {
+    dir: PathBuf,
+    ledger: Ledger,
+    state: Mutex<(Reconciler, Option<std::collections::BTreeMap<PathBuf, String>>)>,
+}
+
+impl Folder {
+    /// Scans the folder and reconciles when anything changed (or `force`).
+    async fn sync(&self, force: bool) -> Result<(), std::io::Error> {
+        let dir = self.dir.clone();
+        let scan = tokio::task::spawn_blocking(move || manifests::scan(&dir))
+            .await
+            .map_err(std::io::Error::other)??;
+        let mut guard = self.state.lock().await;
+        let (reconciler, seen) = &mut *guard;
+        if !force && seen.as_ref() == Some(&scan.contents) {
+            return Ok(());
+        }
+        let report = reconciler.reconcile(&self.ledger, &scan).await;
+        for p in &report.problems {
+            match p.severity {
+                manifests::Severity::Error => tracing::error!("{p}"),
+                manifests::Severity::Warning => tracing::warn!("{p}"),
+            }
+        }
+        tracing::info!(
+            files = scan.contents.len(),
+            objects = scan.objects.len(),
+            broken = scan.broken.len(),
+            "manifests reconciled"
+        );
+        *seen = Some(scan.contents);
+        Ok(())
+    }
+}
+
+/// Enrolment writes a MemberAllocation into `DIR/enrolled/`, so the folder
+/// stays the one source of desired state, then reconciles at once.
+struct FolderDirectory(Arc<Folder>);
+
+impl Directory for FolderDirectory {
+    fn enrol<'a>(
+        &'a self,
+        account: &'a str,
+        member: MemberSpec,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ApiError>> + Send + 'a>> {
+        Box::pin(async move {
+            let (ns, _) = account.split_once('/').unwrap_or(("default", account));
+            let yaml = enrolled_manifest(ns, &member);
+            let dir = self.0.dir.join(ENROLLED_DIR);
+            let file = dir.join(format!("{ns}-{}.yaml", member.name));
+            let unavailable = |e: std::io::Error| {
+                ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    format!("cannot write {}: {e}", file.display()),
+                )
+            };
+            std::fs::create_dir_all(&dir).map_err(unavailable)?;
+            // Write then rename, so a scan never sees half a file.
+            let tmp = dir.join(format!(".{ns}-{}.yaml.tmp", member.name));
+            std::fs::write(&tmp, yaml).map_err(unavailable)?;
+            std::fs::rename(&tmp, &file).map_err(unavailable)?;
+            self.0.sync(true).await.map_err(unavailable)?;
+            Ok(())
+        })
+    }
+}
+
+fn enrolled_manifest(ns: &str, m: &MemberSpec) -> String {
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+    let mut out = format!(
+        "apiVersion: credits.alchemi.io/v1alpha1\nkind: MemberAllocation\nmetadata:\n  name: {}\n  namespace: {}\nspec:\n  user:\n    id: {}\n    email: {}\n    name: {}\n",
+        q(&m.name),
+        q(ns),
+        q(&m.user_id),
+        q(&m.email),
+        q(&m.display_name)
+    );
+    if let Some(g) = &m.group {
+        out.push_str(&format!("  group: {}\n", q(g)));
+    }
+    out
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn run(options: Options) -> Result<(), StartError> {
+    if options.tokens.is_none() && !options.listen.ip().is_loopback() {
+        return Err(StartError::NotLoopback(options.listen));
+    }
+    if !options.manifests.is_dir() {
+        return Err(StartError::Manifests(
+            options.manifests.clone(),
+            std::io::Error::new(std::io::ErrorKind::NotFound, "not a folder"),
+        ));
+    }
+    let metrics = Metrics::default();
+    let ledger_options = LedgerOptions {
+        on_commit: Some(metrics.commit_observer()),
+        ..LedgerOptions::default()
+    };
+    let url = options.ledger.clone();
+    let clock = options.clock.clone();
+    let ledger = tokio::task::spawn_blocking(move || Ledger::open_with(&url, clock, ledger_options))
+        .await
+        .map_err(|e| StartError::Serve(std::io::Error::other(e)))??;
+    let folder = Arc::new(Folder {
+        dir: options.manifests.clone(),
+        ledger: ledger.clone(),
+        state: Mutex::new((Reconciler::default(), None)),
+    });
+    folder
+        .sync(true)
+        .await
+        .map_err(|e| StartError::Manifests(options.manifests.clone(), e))?;
+    ledger.catch_up(None).await?;
+
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| StartError::Listen(options.listen, e))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| StartError::Listen(options.listen, e))?;
+    println!("credit-operator standalone: listening on http://{address}");
+    println!("  manifests: {}", options.manifests.display());
+    println!("  ledger:    {} ({})", redact(&options.ledger), ledger.backend());
+    print!("{}", overview_screen(&ledger));
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let poller = {
+        let (folder, ledger, every) = (folder.clone(), ledger.clone(), options.poll_interval);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = folder.sync(false).await {
+                    tracing::error!(error = %e, "cannot read the manifest folder; keeping the last good state");
+                }
+                if let Err(e) = ledger.catch_up(None).await {
+                    tracing::error!(error = %e, "cannot apply due cycle boundaries");
+                }
+            }
+        })
+    };
+
+    let state = AppState {
+        ledger: ledger.clone(),
+        tokens: options.tokens.map(Arc::new),
+        metrics,
+        directory: Arc::new(FolderDirectory(folder)),
+    };
+    let served = axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    poller.abort();
+    tokio::task::spawn_blocking(move || ledger.shutdown()).await.ok();
+    served.map_err(StartError::Serve)
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://…@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+/// One screen per account: cycle, limit, used, balance and groups.
+pub fn overview_screen(ledger: &Ledger) -> String {
+    let state = ledger.read();
+    let mut out = String::new();
+    for (id, account) in state.accounts.iter().filter(|(_, a)| a.active) {
+        let Some(f) = numbers::account(account, account.cycle.number) else {
+            continue;
+        };
+        out.push_str(&format!(
+            "\naccount {id}  cadence {}  cycle {} ({} → {})\n",
+            account.settings.cadence, f.cycle.number, f.cycle.start, f.cycle.end
+        ));
+        if f.tracking_enabled {
+            out.push_str(&format!(
+                "  limit {}  used {}  balance {}  usage {}%  allocated {}  unallocated {}\n",
+                f.credits_per_cycle, f.used, f.balance, f.usage_percent, f.allocated, f.unallocated
+            ));
+        } else {
+            out.push_str(&format!(
+                "  limit {}  used {}  (credit tracking disabled: creditFactor is 0)\n",
+                f.credits_per_cycle, f.used
+            ));
+        }
+        for g in account.groups.values().filter(|g| g.active) {
+            let gf = numbers::group(account, g);
+            out.push_str(&format!(
+                "  group {:<16} budget {:>10}  distributed {:>10}  used {:>10}  members {}\n",
+                gf.name, gf.budget, gf.distributed, gf.used, gf.members
+            ));
+        }
+        let pending = account
+            .requests
+            .values()
+            .filter(|r| r.phase == crate::ledger::Phase::Pending)
+            .count();
+        out.push_str(&format!("  requests pending: {pending}\n"));
+    }
+    if out.is_empty() {
+        out.push_str("\nno CreditAccount in the manifests yet\n");
+    }
+    out
+}

@@ -1,0 +1,341 @@
+//! Turns the objects of a manifest folder into ledger commands.
+//!
+//! Level-triggered: each round states everything the folder holds and the
+//! ledger keeps only real changes. Objects of a broken file keep their
+//! last good state, and while any file is broken nothing is removed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use crate::crd::convert;
+use crate::ledger::{numbers, Command, GroupSettings, Ledger, LedgerError, Verdict};
+use crate::manifests::{Object, Problem, Scan, Severity, Sourced};
+
+/// Who decided a request whose approval came from a file.
+pub const MANIFEST_APPROVER: &str = "manifest";
+
+/// Remembers the last good objects of every file.
+#[derive(Default)]
+pub struct Reconciler {
+    last_good: BTreeMap<PathBuf, Vec<Sourced>>,
+}
+
+/// What a round did not manage, for the log.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub problems: Vec<Problem>,
+    pub applied: usize,
+}
+
+impl Reconciler {
+    /// Applies a scan to the ledger.
+    pub async fn reconcile(&mut self, ledger: &Ledger, scan: &Scan) -> Report {
+        let mut report = Report {
+            problems: scan.problems.clone(),
+            applied: 0,
+        };
+        // Objects of good files replace what those files held before.
+        let broken: BTreeSet<&PathBuf> = scan.broken.iter().collect();
+        let mut by_file: BTreeMap<PathBuf, Vec<Sourced>> = BTreeMap::new();
+        for s in &scan.objects {
+            by_file.entry(s.file.clone()).or_default().push(s.clone());
+        }
+        self.last_good
+            .retain(|file, _| scan.contents.contains_key(file) || broken.contains(file));
+        for file in scan.contents.keys() {
+            if !broken.contains(file) {
+                self.last_good
+                    .insert(file.clone(), by_file.remove(file).unwrap_or_default());
+            }
+        }
+        let desired: Vec<&Sourced> = self.last_good.values().flatten().collect();
+        let removals_allowed = scan.broken.is_empty();
+
+        let mut round = Round {
+            ledger,
+            report: &mut report,
+        };
+        round.apply(&desired, removals_allowed).await;
+        report
+    }
+}
+
+struct Round<'a> {
+    ledger: &'a Ledger,
+    report: &'a mut Report,
+}
+
+fn account_id(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+impl Round<'_> {
+    fn problem(&mut self, s: &Sourced, severity: Severity, e: LedgerError) {
+        let (field, message) = match e {
+            LedgerError::InvalidField { field, message } => (field, message),
+            other => ("-".to_string(), other.to_string()),
+        };
+        self.report.problems.push(Problem {
+            severity,
+            file: s.file.clone(),
+            object: format!("{}/{}", s.object.kind(), s.object.name()),
+            field,
+            message,
+        });
+    }
+
+    async fn run(&mut self, s: &Sourced, command: Command) -> bool {
+        match self.ledger.execute(command).await {
+            Ok(_) => {
+                self.report.applied += 1;
+                true
+            }
+            Err(e) => {
+                self.problem(s, Severity::Error, e);
+                false
+            }
+        }
+    }
+
+    async fn apply(&mut self, desired: &[&Sourced], removals_allowed: bool) {
+        // Oldest first: creation time when the file has one, else file order.
+        let mut ordered: Vec<&Sourced> = desired.to_vec();
+        ordered.sort_by_key(|s| (s.object.created(), s.position));
+        let namespaces: BTreeSet<&str> = ordered.iter().map(|s| s.object.namespace()).collect();
+
+        let mut active_accounts: BTreeMap<String, String> = BTreeMap::new();
+        for ns in &namespaces {
+            let accounts: Vec<&&Sourced> = ordered
+                .iter()
+                .filter(|s| s.object.namespace() == *ns && matches!(s.object, Object::Account(_)))
+                .collect();
+            // The account the ledger already serves keeps the namespace.
+            let serving = {
+                let state = self.ledger.read();
+                accounts
+                    .iter()
+                    .find(|s| {
+                        state
+                            .account(&account_id(ns, s.object.name()))
+                            .is_some_and(|a| a.active)
+                    })
+                    .map(|s| s.object.name().to_string())
+            };
+            let Some(chosen) = serving.or_else(|| accounts.first().map(|s| s.object.name().to_string())) else {
+                continue;
+            };
+            for other in accounts.iter().filter(|s| s.object.name() != chosen) {
+                let message = format!("namespace {ns} already has account {chosen}; this one is ignored");
+                self.problem(other, Severity::Error, LedgerError::field("metadata.name", message));
+            }
+            active_accounts.insert(ns.to_string(), account_id(ns, &chosen));
+        }
+
+        for s in &ordered {
+            let Object::Account(a) = &s.object else { continue };
+            let id = account_id(s.object.namespace(), s.object.name());
+            if active_accounts.get(s.object.namespace()) != Some(&id) {
+                continue;
+            }
+            let Ok(settings) = convert::account_settings(&a.spec) else {
+                continue;
+            };
+            if !self
+                .run(
+                    s,
+                    Command::ApplyAccount {
+                        account: id.clone(),
+                        settings,
+                    },
+                )
+                .await
+            {
+                active_accounts.remove(s.object.namespace());
+                continue;
+            }
+            if let Ok(Some(mark)) = convert::reset_mark(a.metadata.annotations.as_ref()) {
+                self.run(
+                    s,
+                    Command::Reset {
+                        account: id,
+                        mark: Some(mark),
+                    },
+                )
+                .await;
+            }
+        }
+
+        let desired_groups: BTreeSet<(String, String)> = ordered
+            .iter()
+            .filter(|s| matches!(s.object, Object::Group(_)))
+            .map(|s| (s.object.namespace().to_string(), s.object.name().to_string()))
+            .collect();
+        for s in &ordered {
+            let Object::Group(g) = &s.object else { continue };
+            let Some(account) = active_accounts.get(s.object.namespace()).cloned() else {
+                continue;
+            };
+            let Ok(settings) = convert::group_settings(&g.spec) else {
+                continue;
+            };
+            self.run(
+                s,
+                Command::ApplyGroup {
+                    account,
+                    name: s.object.name().to_string(),
+                    settings,
+                },
+            )
+            .await;
+        }
+        self.ensure_default_groups(&active_accounts).await;
+
+        let mut desired_members: BTreeSet<(String, String)> = BTreeSet::new();
+        for s in &ordered {
+            let Object::Member(m) = &s.object else { continue };
+            let Some(account) = active_accounts.get(s.object.namespace()).cloned() else {
+                continue;
+            };
+            let Ok(member) = convert::member_spec(s.object.name(), &m.spec) else {
+                continue;
+            };
+            desired_members.insert((account.clone(), member.user_id.clone()));
+            self.run(s, Command::ApplyMember { account, member }).await;
+        }
+
+        for s in &ordered {
+            let Object::Request(r) = &s.object else { continue };
+            let Some(account) = active_accounts.get(s.object.namespace()).cloned() else {
+                continue;
+            };
+            let uid = s
+                .object
+                .uid()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{}/{}", s.object.namespace(), s.object.name()));
+            let submit = Command::SubmitRequest {
+                account: account.clone(),
+                uid: uid.clone(),
+                name: s.object.name().to_string(),
+                member: r.spec.member.clone(),
+                credits: r.spec.credits,
+                reason: r.spec.reason.clone(),
+            };
+            if !self.run(s, submit).await {
+                continue;
+            }
+            let Some(approval) = r.status.as_ref().and_then(|st| st.approval.as_ref()) else {
+                continue;
+            };
+            let pending = self
+                .ledger
+                .read()
+                .account(&account)
+                .and_then(|a| a.requests.get(&uid))
+                .is_some_and(|q| q.phase == crate::ledger::Phase::Pending);
+            if !pending {
+                continue;
+            }
+            let verdict = match approval.decision {
+                crate::crd::Decision::Approve => Verdict::Approve {
+                    credits: approval.credits,
+                },
+                crate::crd::Decision::Deny => Verdict::Deny,
+            };
+            let decide = Command::DecideRequest {
+                account,
+                uid,
+                verdict,
+                reason: approval.reason.clone().unwrap_or_default(),
+                by: MANIFEST_APPROVER.to_string(),
+            };
+            self.run(s, decide).await;
+        }
+
+        if removals_allowed {
+            self.remove_missing(&active_accounts, &desired_groups, &desired_members)
+                .await;
+        }
+    }
+
+    /// Creates each account's default group when no file declares it,
+    /// with the credits still unallocated at that moment.
+    async fn ensure_default_groups(&mut self, accounts: &BTreeMap<String, String>) {
+        for account in accounts.values() {
+            let missing = {
+                let state = self.ledger.read();
+                state.account(account).filter(|a| a.active).and_then(|a| {
+                    let name = a.settings.default_group.clone();
+                    let exists = a.groups.get(&name).is_some_and(|g| g.active);
+                    let unallocated = numbers::account(a, a.cycle.number)
+                        .map(|f| f.unallocated)
+                        .unwrap_or_default();
+                    (!exists).then_some((name, unallocated.max(crate::amount::Amount::ZERO)))
+                })
+            };
+            if let Some((name, credits)) = missing {
+                let settings = GroupSettings {
+                    monthly_credits: credits,
+                    ..GroupSettings::default()
+                };
+                tracing::info!(%account, group = %name, monthly_credits = %credits, "created the default group");
+                if let Err(e) = self
+                    .ledger
+                    .execute(Command::ApplyGroup {
+                        account: account.clone(),
+                        name,
+                        settings,
+                    })
+                    .await
+                {
+                    tracing::error!(%account, error = %e, "cannot create the default group");
+                }
+            }
+        }
+    }
+
+    /// Stops what the folder no longer declares; the ledger keeps its history.
+    async fn remove_missing(
+        &mut self,
+        accounts: &BTreeMap<String, String>,
+        groups: &BTreeSet<(String, String)>,
+        members: &BTreeSet<(String, String)>,
+    ) {
+        let mut commands = Vec::new();
+        {
+            let state = self.ledger.read();
+            let serving: BTreeSet<&String> = accounts.values().collect();
+            for (id, account) in state.accounts.iter().filter(|(_, a)| a.active) {
+                if !serving.contains(id) {
+                    commands.push(Command::RemoveAccount { account: id.clone() });
+                    continue;
+                }
+                let ns = id.split('/').next().unwrap_or_default().to_string();
+                for group in account.groups.values().filter(|g| g.active) {
+                    if group.name != account.settings.default_group
+                        && !groups.contains(&(ns.clone(), group.name.clone()))
+                    {
+                        commands.push(Command::RemoveGroup {
+                            account: id.clone(),
+                            name: group.name.clone(),
+                        });
+                    }
+                }
+                for member in account.members.values().filter(|m| m.active) {
+                    if !members.contains(&(id.clone(), member.spec.user_id.clone())) {
+                        commands.push(Command::RemoveMember {
+                            account: id.clone(),
+                            user_id: member.spec.user_id.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        for command in commands {
+            tracing::info!(?command, "removing what the manifests no longer declare");
+            if let Err(e) = self.ledger.execute(command).await {
+                tracing::error!(error = %e, "removal failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,829 @@
+//! End to end: the real binary on a temporary folder and SQLite file,
+//! driven over HTTP. Time comes from a clock file the tests rewrite.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const ACCOUNT_YAML: &str = r#"
+apiVersion: credits.alchemi.io/v1alpha1
+kind: CreditAccount
+metadata: {name: acme, namespace: team}
+spec: {creditsPerCycle: 10000, cadence: 1d, creditFactor: 100, signupCredits: 50}
+"#;
+
+const GROUPS_YAML: &str = r#"
+apiVersion: credits.alchemi.io/v1alpha1
+kind: CreditGroup
+metadata: {name: default, namespace: team}
+spec: {monthlyCredits: 1000}
+---
+apiVersion: credits.alchemi.io/v1alpha1
+kind: CreditGroup
+metadata: {name: ml, namespace: team}
+spec: {monthlyCredits: 4000, extraCredits: 500, autoApproveReserve: 300}
+"#;
+
+const MEMBERS_YAML: &str = r#"
+apiVersion: credits.alchemi.io/v1alpha1
+kind: MemberAllocation
+metadata: {name: alice, namespace: team}
+spec: {group: ml, user: {id: u-alice, email: alice@example.com, name: Alice}, monthlyCredits: 2000, extraCredits: 100}
+---
+apiVersion: credits.alchemi.io/v1alpha1
+kind: MemberAllocation
+metadata: {name: bob, namespace: team}
+spec: {group: ml, user: {id: u-bob, email: bob@example.com, name: Bob}, monthlyCredits: 1000}
+"#;
+
+const START: &str = "2026-11-26T10:00:00Z";
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let env = Env {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir_all(env.manifests().join("people")).unwrap();
+        env.write("account.yaml", ACCOUNT_YAML);
+        env.write("groups.yaml", GROUPS_YAML);
+        env.write("people/members.yaml", MEMBERS_YAML);
+        env.set_time(START);
+        env
+    }
+
+    fn manifests(&self) -> PathBuf {
+        self.dir.path().join("manifests")
+    }
+
+    fn write(&self, file: &str, text: &str) {
+        std::fs::write(self.manifests().join(file), text).unwrap();
+    }
+
+    fn set_time(&self, t: &str) {
+        let tmp = self.dir.path().join(".clock.tmp");
+        std::fs::write(&tmp, t).unwrap();
+        std::fs::rename(tmp, self.dir.path().join("clock")).unwrap();
+    }
+
+    fn ledger(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("credits.db").display())
+    }
+
+    fn start(&self) -> Server {
+        self.start_with(&[])
+    }
+
+    fn start_with(&self, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_credit-operator"))
+            .args(["standalone", "--manifests"])
+            .arg(self.manifests())
+            .args([
+                "--ledger",
+                &self.ledger(),
+                "--listen",
+                "127.0.0.1:0",
+                "--poll-interval-ms",
+                "50",
+                "--clock-file",
+            ])
+            .arg(self.dir.path().join("clock"))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start credit-operator");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().expect("a first line").unwrap();
+        let base = first.rsplit(' ').next().unwrap().to_string();
+        assert!(base.starts_with("http://127.0.0.1:"), "{first}");
+        let mut banner = String::new();
+        for line in lines.by_ref().take(8) {
+            banner.push_str(&line.unwrap());
+            banner.push('\n');
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        Server {
+            child,
+            base,
+            agent,
+            banner,
+            token: None,
+        }
+    }
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    agent: ureq::Agent,
+    banner: String,
+    token: Option<String>,
+}
+
+const A: &str = "/v1/namespaces/team/accounts/acme";
+
+impl Server {
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{}", self.base, path);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let response = match (method, body) {
+            ("GET", _) => {
+                let mut r = self.agent.get(&url);
+                if let Some(a) = &auth {
+                    r = r.header("authorization", a);
+                }
+                r.call()
+            }
+            ("DELETE", _) => {
+                let mut r = self.agent.delete(&url);
+                if let Some(a) = &auth {
+                    r = r.header("authorization", a);
+                }
+                r.call()
+            }
+            (_, body) => {
+                let mut r = self.agent.post(&url);
+                if let Some(a) = &auth {
+                    r = r.header("authorization", a);
+                }
+                r.send_json(body.unwrap_or(json!({})))
+            }
+        };
+        let mut response = response.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let (status, body) = self.call("GET", path, None);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call("POST", path, Some(body))
+    }
+
+    /// Everything a client can read about the account.
+    fn figures(&self) -> Value {
+        json!({
+            "overview": self.get(&format!("{A}/overview")),
+            "groups": self.get(&format!("{A}/groups")),
+            "ml": self.get(&format!("{A}/groups/ml/members")),
+            "default": self.get(&format!("{A}/groups/default/members")),
+            "requests": self.get(&format!("{A}/requests")),
+        })
+    }
+
+    /// Waits (bounded) until `check` holds; reloads are asynchronous.
+    fn wait_for(&self, what: &str, check: impl Fn(&Server) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !check(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn usage(server: &Server, member: &str, body: Value) -> (u16, Value) {
+    let mut b = body;
+    b["member"] = json!(member);
+    server.post(&format!("{A}/usage"), b)
+}
+
+#[test]
+fn every_call_of_the_api_answers_with_the_documented_shapes() {
+    let env = Env::new();
+    let s = env.start();
+    assert!(s.banner.contains("account team/acme"), "{}", s.banner);
+
+    let (st, u) = usage(
+        &s,
+        "u-alice",
+        json!({"costUsd": "1.5", "idempotencyKey": "e-1", "occurredAt": "2026-11-26T09:59:00Z"}),
+    );
+    assert_eq!(st, 200, "{u}");
+    assert_eq!(
+        u,
+        json!({"duplicate": false, "credits": "150", "member": {"used": "150", "remaining": "1950"}})
+    );
+    let (_, again) = usage(&s, "u-alice", json!({"costUsd": 1.50, "idempotencyKey": "e-1"}));
+    assert_eq!(again["duplicate"], json!(true));
+    assert_eq!(again["member"]["used"], json!("150"));
+    let (st, conflict) = usage(&s, "u-alice", json!({"costUsd": "2", "idempotencyKey": "e-1"}));
+    assert_eq!((st, conflict["error"].as_str()), (409, Some("idempotency_conflict")));
+
+    let (st, a) = s.post(&format!("{A}/authorize"), json!({"member": "u-alice", "credits": 1950}));
+    assert_eq!(
+        (st, a),
+        (
+            200,
+            json!({"allowed": true, "remaining": "1950", "limitedBy": "member"})
+        )
+    );
+    let (_, a) = s.post(
+        &format!("{A}/authorize"),
+        json!({"member": "u-alice", "costUsd": "19.51"}),
+    );
+    assert_eq!(a["allowed"], json!(false));
+
+    let (st, hold) = s.post(
+        &format!("{A}/holds"),
+        json!({"member": "u-bob", "credits": "600", "ttlSeconds": 300, "idempotencyKey": "h-1"}),
+    );
+    assert_eq!(st, 201, "{hold}");
+    assert_eq!(
+        (hold["state"].as_str(), hold["credits"].as_str()),
+        (Some("Open"), Some("600"))
+    );
+    assert_eq!(hold["expiresAt"], json!("2026-11-26T10:05:00Z"));
+    let id = hold["id"].as_str().unwrap().to_string();
+    let (st, refused) = s.post(
+        &format!("{A}/holds"),
+        json!({"member": "u-bob", "credits": "500", "ttlSeconds": 300, "idempotencyKey": "h-2"}),
+    );
+    assert_eq!(
+        (st, refused["error"].as_str(), refused["limitedBy"].as_str()),
+        (409, Some("insufficient_credits"), Some("member"))
+    );
+    let (st, settled) = s.post(&format!("{A}/holds/{id}/settle"), json!({"credits": "650"}));
+    assert_eq!(
+        (st, settled["state"].as_str(), settled["settledCredits"].as_str()),
+        (200, Some("Settled"), Some("650"))
+    );
+    let (_, h3) = s.post(
+        &format!("{A}/holds"),
+        json!({"member": "u-bob", "costUsd": 1, "ttlSeconds": 60, "idempotencyKey": "h-3"}),
+    );
+    let (st, released) = s.call("DELETE", &format!("{A}/holds/{}", h3["id"].as_str().unwrap()), None);
+    assert_eq!((st, released["state"].as_str()), (200, Some("Released")));
+
+    let o = s.get(&format!("{A}/overview"));
+    assert_eq!(
+        o["cycle"],
+        json!({"number": 1, "start": "2026-11-26T10:00:00Z", "end": "2026-11-27T10:00:00Z"})
+    );
+    assert_eq!(
+        (o["used"].as_str(), o["balance"].as_str(), o["usagePercent"].as_str()),
+        (Some("800"), Some("9200"), Some("8"))
+    );
+    assert_eq!(
+        (o["allocated"].as_str(), o["unallocated"].as_str()),
+        (Some("5500"), Some("4500"))
+    );
+    assert_eq!(
+        o["groups"],
+        json!([{"name": "default", "budget": "1000", "used": "0"}, {"name": "ml", "budget": "4500", "used": "800"}])
+    );
+
+    let g = s.get(&format!("{A}/groups"));
+    let ml = &g["items"][1];
+    assert_eq!(ml["name"], "ml");
+    assert_eq!(
+        (
+            ml["distributed"].as_str(),
+            ml["available"].as_str(),
+            ml["members"].as_u64()
+        ),
+        (Some("3100"), Some("1400"), Some(2))
+    );
+
+    let (st, member) = s.post(
+        &format!("{A}/members"),
+        json!({"user": {"id": "u-carol", "email": "carol@example.com", "name": "Carol"}}),
+    );
+    assert_eq!(st, 201, "{member}");
+    assert_eq!(
+        (member["group"].as_str(), member["monthlyCredits"].as_str()),
+        (Some("default"), Some("50"))
+    );
+    assert!(
+        env.manifests().join("enrolled").read_dir().unwrap().count() == 1,
+        "enrolment is written as a manifest"
+    );
+    let (st, dup) = s.post(&format!("{A}/members"), json!({"user": {"id": "u-carol"}}));
+    assert_eq!((st, dup["error"].as_str()), (409, Some("duplicate_user_id")));
+
+    let page = s.get(&format!("{A}/groups/ml/members?search=ALI&page=1&pageSize=1"));
+    assert_eq!(
+        (page["total"].as_u64(), page["items"][0]["user"]["id"].as_str()),
+        (Some(1), Some("u-alice"))
+    );
+    let page2 = s.get(&format!("{A}/groups/ml/members?page=2&pageSize=1"));
+    assert_eq!(
+        (page2["total"].as_u64(), page2["items"][0]["name"].as_str()),
+        (Some(2), Some("bob"))
+    );
+
+    let (st, auto) = s.post(
+        &format!("{A}/requests"),
+        json!({"member": "u-alice", "credits": 200, "reason": "eval"}),
+    );
+    assert_eq!((st, auto["phase"].as_str()), (201, Some("AutoApproved")));
+    let (_, pending) = s.post(
+        &format!("{A}/requests"),
+        json!({"member": "u-bob", "credits": "500", "reason": "big run"}),
+    );
+    assert_eq!(pending["phase"], "Pending");
+    let name = pending["name"].as_str().unwrap();
+    let listed = s.get(&format!("{A}/requests?status=Pending"));
+    assert_eq!(
+        (listed["total"].as_u64(), listed["items"][0]["name"].as_str()),
+        (Some(1), Some(name))
+    );
+    let (st, bad) = s.post(&format!("{A}/requests/{name}/approve"), json!({"credits": "501"}));
+    assert_eq!((st, bad["error"].as_str()), (400, Some("invalid_approval")));
+    let (st, ok) = s.post(
+        &format!("{A}/requests/{name}/approve"),
+        json!({"credits": "300", "reason": "start small"}),
+    );
+    assert_eq!(
+        (
+            st,
+            ok["phase"].as_str(),
+            ok["approvedCredits"].as_str(),
+            ok["decidedBy"].as_str()
+        ),
+        (200, Some("Approved"), Some("300"), Some("local"))
+    );
+    let (st, again) = s.post(
+        &format!("{A}/requests/{name}/deny"),
+        json!({"reason": "changed my mind"}),
+    );
+    assert_eq!((st, again["error"].as_str()), (409, Some("already_decided")));
+    let (_, third) = s.post(&format!("{A}/requests"), json!({"member": "u-bob", "credits": "150"}));
+    let (st, denied) = s.post(
+        &format!("{A}/requests/{}/deny", third["name"].as_str().unwrap()),
+        json!({"reason": "no"}),
+    );
+    assert_eq!((st, denied["phase"].as_str()), (200, Some("Denied")));
+
+    let (st, cycle) = s.post(&format!("{A}/reset"), json!({}));
+    assert_eq!((st, cycle["number"].as_u64()), (200, Some(2)));
+    let closed = s.get(&format!("{A}/overview?cycle=1"));
+    assert_eq!(closed["used"], "800");
+    assert_eq!(s.get(&format!("{A}/overview"))["used"], "0");
+    assert_eq!(
+        s.get(&format!("{A}/groups/ml/members?cycle=1"))["items"][1]["used"],
+        "650"
+    );
+
+    assert_eq!(s.get("/healthz")["status"], "ok");
+    assert_eq!(s.get("/readyz")["status"], "ok");
+    let (st, metrics) = s.call("GET", "/metrics", None);
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert_eq!(st, 200);
+    for needle in ["credits_account_used{account=\"team/acme\"} 0.0", "credits_requests{", "credits_ledger_commit_seconds_bucket", "credits_http_requests_total{route=\"/v1/namespaces/{ns}/accounts/{account}/usage\",method=\"POST\",status=\"200\"}"] {
+        assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
+    }
+    let (st, doc) = s.call("GET", "/openapi.json", None);
+    assert_eq!(st, 200);
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        doc, committed,
+        "docs/openapi.json is stale: run `UPDATE_OPENAPI=1 cargo test --test openapi`"
+    );
+    s.stop();
+}
+
+#[test]
+fn bad_input_gets_the_right_status_and_changes_nothing() {
+    let env = Env::new();
+    let s = env.start();
+    usage(&s, "u-alice", json!({"credits": "10", "idempotencyKey": "seen"}));
+    let before = s.figures();
+    let cases: Vec<(&str, &str, Value, u16, &str)> = vec![
+        (
+            "POST",
+            "/usage",
+            json!({"member": "u-alice", "credits": -1, "idempotencyKey": "n1"}),
+            400,
+            "credits",
+        ),
+        (
+            "POST",
+            "/usage",
+            json!({"member": "u-alice", "credits": "abc", "idempotencyKey": "n2"}),
+            400,
+            "credits",
+        ),
+        (
+            "POST",
+            "/usage",
+            json!({"member": "u-alice", "credits": "NaN", "idempotencyKey": "n3"}),
+            400,
+            "credits",
+        ),
+        (
+            "POST",
+            "/usage",
+            json!({"member": "u-alice", "costUsd": "1e400", "idempotencyKey": "n4"}),
+            400,
+            "costUsd",
+        ),
+        (
+            "POST",
+            "/usage",
+            json!({"member": "u-alice", "credits": "123456789012345678901234567890", "idempotencyKey": "n5"}),
+            400,
+            "credits",
+        ),
+        (
+            "POST",
+            "/usage",
+            json!({"member": "u-alice", "credits": "0.0000000001", "idempotencyKey": "n6"}),
+            400,
+            "credits",
+        ),
+        (
+            "POST",
+            "/usage",
+            json!({"member": "u-alice", "idempotencyKey": "n7"}),
+            400,
+            "credits",
+        ),
+        (
+            "POST",
+            "/usage",
+            json!({"member": "u-alice", "credits": 1, "costUsd": 1, "idempotencyKey": "n8"}),
+            400,
+            "credits",
+        ),
+        (
+            "POST",
+            "/usage",
+            json!({"member": "", "credits": 1, "idempotencyKey": "n9"}),
+            400,
+            "member",
+        ),
+        (
+            "POST",
+            "/usage",
+            json!({"member": "u-alice", "credits": 1, "idempotencyKey": ""}),
+            400,
+            "idempotencyKey",
+        ),
+        (
+            "POST",
+            "/usage",
+            json!({"member": "u-alice", "credits": 1, "idempotencyKey": "n10", "occurredAt": "yesterday"}),
+            400,
+            "occurredAt",
+        ),
+        (
+            "POST",
+            "/usage",
+            json!({"member": "u-alice", "credits": 1, "idempotencyKey": "n11", "surprise": true}),
+            400,
+            "surprise",
+        ),
+        (
+            "POST",
+            "/usage",
+            json!({"member": "u-nobody", "credits": 1, "idempotencyKey": "n12"}),
+            404,
+            "",
+        ),
+        (
+            "POST",
+            "/usage",
+            json!({"member": "u-alice", "credits": 2, "idempotencyKey": "seen"}),
+            409,
+            "",
+        ),
+        (
+            "POST",
+            "/authorize",
+            json!({"member": "u-nobody", "credits": 1}),
+            404,
+            "",
+        ),
+        (
+            "POST",
+            "/authorize",
+            json!({"member": "u-alice", "credits": -3}),
+            400,
+            "credits",
+        ),
+        (
+            "POST",
+            "/holds",
+            json!({"member": "u-alice", "credits": 1, "ttlSeconds": 0, "idempotencyKey": "h"}),
+            400,
+            "ttlSeconds",
+        ),
+        ("POST", "/holds/hold-999/settle", json!({"credits": 1}), 404, ""),
+        ("POST", "/members", json!({"user": {"id": ""}}), 400, "user.id"),
+        (
+            "POST",
+            "/members",
+            json!({"user": {"id": "u-x"}, "group": "nope"}),
+            404,
+            "",
+        ),
+        (
+            "POST",
+            "/requests",
+            json!({"member": "u-alice", "credits": 0}),
+            400,
+            "spec.credits",
+        ),
+        (
+            "POST",
+            "/requests",
+            json!({"member": "u-nobody", "credits": 5}),
+            404,
+            "",
+        ),
+        ("POST", "/requests/nope/approve", json!({}), 404, ""),
+        ("GET", "/groups/ml/members?pageSize=501", Value::Null, 400, "pageSize"),
+        ("GET", "/groups/ml/members?page=0", Value::Null, 400, "page"),
+        ("GET", "/groups/nope/members", Value::Null, 404, ""),
+        ("GET", "/requests?status=Maybe", Value::Null, 400, "status"),
+        ("GET", "/overview?cycle=7", Value::Null, 404, ""),
+    ];
+    for (method, path, body, status, field) in cases {
+        let (got, answer) = s.call(method, &format!("{A}{path}"), (!body.is_null()).then_some(body.clone()));
+        assert_eq!(got, status, "{method} {path} {body}: {answer}");
+        assert!(answer["error"].is_string() && answer["message"].is_string(), "{answer}");
+        if !field.is_empty() {
+            assert_eq!(answer["field"], json!(field), "{method} {path} {body}: {answer}");
+        }
+    }
+    let (st, _) = s.call("GET", "/v1/namespaces/team/accounts/other/overview", None);
+    assert_eq!(st, 404);
+    assert_eq!(s.figures(), before, "bad input changed state");
+}
+
+#[test]
+fn file_edits_are_picked_up_and_a_broken_file_keeps_the_last_good_state() {
+    let env = Env::new();
+    let s = env.start();
+    let member = |s: &Server, group: &str, name: &str| -> Value {
+        let page = s.get(&format!("{A}/groups/{group}/members"));
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(member(&s, "ml", "alice")["monthlyCredits"], "2000");
+    env.write(
+        "people/members.yaml",
+        &MEMBERS_YAML.replace("monthlyCredits: 2000", "monthlyCredits: 2500"),
+    );
+    s.wait_for("alice's new allocation", |s| {
+        member(s, "ml", "alice")["monthlyCredits"] == "2500"
+    });
+    assert_eq!(s.get(&format!("{A}/groups"))["items"][1]["distributed"], "3600");
+
+    // A new file adds a group; a broken edit of the members file changes nothing.
+    env.write("people/more.yaml", "apiVersion: credits.alchemi.io/v1alpha1\nkind: CreditGroup\nmetadata: {name: infra, namespace: team}\nspec: {monthlyCredits: 700}\n");
+    s.wait_for("the infra group", |s| {
+        s.get(&format!("{A}/groups"))["items"].as_array().unwrap().len() == 3
+    });
+    let before = s.figures();
+    env.write("people/members.yaml", "apiVersion: credits.alchemi.io/v1alpha1\nkind: MemberAllocation\nmetadata: {name: alice, namespace: team}\nspec: {user: {id: u-alice}, monthlyCredits: -5}\n---\n{{{ not yaml");
+    env.write(
+        "groups.yaml",
+        &GROUPS_YAML.replace("monthlyCredits: 4000", "monthlyCredits: 4100"),
+    );
+    s.wait_for("the good edit next to the broken file", |s| {
+        s.get(&format!("{A}/groups"))["items"][2]["monthlyCredits"] == "4100"
+    });
+    let after = s.figures();
+    assert_eq!(
+        after["ml"], before["ml"],
+        "members of the broken file keep their last good state"
+    );
+    assert_eq!(member(&s, "ml", "bob")["monthlyCredits"], "1000", "bob was not removed");
+
+    // Fixed and without bob: bob's allocation stops, his history stays.
+    usage(&s, "u-bob", json!({"credits": "30", "idempotencyKey": "b1"}));
+    let only_alice = MEMBERS_YAML.split("---").next().unwrap();
+    env.write("people/members.yaml", only_alice);
+    s.wait_for("bob's removal", |s| member(s, "ml", "bob").is_null());
+    assert_eq!(s.get(&format!("{A}/overview"))["used"], "30");
+    let (_, auth) = s.post(&format!("{A}/authorize"), json!({"member": "u-bob", "credits": 1}));
+    assert_eq!(auth["allowed"], json!(false));
+    s.stop();
+}
+
+#[test]
+fn a_restart_keeps_cycle_usage_and_idempotency_and_resets_a_missed_boundary_once() {
+    let env = Env::new();
+    let s = env.start();
+    usage(&s, "u-alice", json!({"credits": "40", "idempotencyKey": "k1"}));
+    s.stop();
+
+    let s = env.start();
+    let o = s.get(&format!("{A}/overview"));
+    assert_eq!(
+        (o["cycle"]["number"].as_u64(), o["used"].as_str()),
+        (Some(1), Some("40"))
+    );
+    let (_, replay) = usage(&s, "u-alice", json!({"credits": "40", "idempotencyKey": "k1"}));
+    assert_eq!(
+        (replay["duplicate"].as_bool(), replay["member"]["used"].as_str()),
+        (Some(true), Some("40"))
+    );
+    s.stop();
+
+    // Down across three daily boundaries: one reset, to the cycle containing now.
+    env.set_time("2026-11-29T11:00:00Z");
+    let s = env.start();
+    let o = s.get(&format!("{A}/overview"));
+    assert_eq!(
+        o["cycle"],
+        json!({"number": 2, "start": "2026-11-29T10:00:00Z", "end": "2026-11-30T10:00:00Z"})
+    );
+    assert_eq!(o["used"], "0");
+    assert_eq!(s.get(&format!("{A}/overview?cycle=1"))["used"], "40");
+    s.stop();
+    let s = env.start();
+    assert_eq!(
+        s.get(&format!("{A}/overview"))["cycle"]["number"],
+        2,
+        "no second reset on restart"
+    );
+
+    // While running, the clock passing a boundary resets by itself.
+    env.set_time("2026-11-30T10:00:01Z");
+    s.wait_for("the scheduled reset", |s| {
+        s.get("/metrics")
+            .as_str()
+            .is_some_and(|m| m.contains("credits_account_cycle{account=\"team/acme\"} 3"))
+    });
+    assert_eq!(
+        s.get(&format!("{A}/overview"))["cycle"]["start"],
+        "2026-11-30T10:00:00Z"
+    );
+    s.stop();
+}
+
+#[test]
+fn the_reset_annotation_resets_once() {
+    let env = Env::new();
+    let s = env.start();
+    let annotated = |t: &str| {
+        ACCOUNT_YAML.replace("metadata: {name: acme, namespace: team}", &format!("metadata: {{name: acme, namespace: team, annotations: {{credits.alchemi.io/reset-requested-at: \"{t}\"}}}}"))
+    };
+    env.set_time("2026-11-26T12:00:00Z");
+    env.write("account.yaml", &annotated("2026-11-26T11:59:00Z"));
+    s.wait_for("the manual reset", |s| {
+        s.get(&format!("{A}/overview"))["cycle"]["number"] == 2
+    });
+    assert_eq!(
+        s.get(&format!("{A}/overview"))["cycle"]["start"],
+        "2026-11-26T12:00:00Z"
+    );
+    // An older value (a revert) does nothing; a touch of another file re-reads all.
+    env.write("account.yaml", &annotated("2026-11-01T00:00:00Z"));
+    env.write(
+        "groups.yaml",
+        &GROUPS_YAML.replace("monthlyCredits: 1000", "monthlyCredits: 1001"),
+    );
+    s.wait_for("the group edit", |s| {
+        s.get(&format!("{A}/groups"))["items"][0]["monthlyCredits"] == "1001"
+    });
+    assert_eq!(s.get(&format!("{A}/overview"))["cycle"]["number"], 2);
+    s.stop();
+}
+
+#[test]
+fn tokens_gate_the_api_and_without_them_only_loopback_is_served() {
+    let env = Env::new();
+    let tokens = env.dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        "gateway-token-0123456789 gateway\nadmin-token-0123456789abc admin ops@example.com\n",
+    )
+    .unwrap();
+    let mut s = env.start_with(&["--token-file", tokens.to_str().unwrap()]);
+    let (st, e) = s.call("GET", &format!("{A}/overview"), None);
+    assert_eq!((st, e["error"].as_str()), (401, Some("unauthorized")));
+    assert_eq!(s.call("GET", "/healthz", None).0, 200);
+    s.token = Some("gateway-token-0123456789".into());
+    assert_eq!(
+        usage(&s, "u-alice", json!({"credits": 1, "idempotencyKey": "g1"})).0,
+        200
+    );
+    assert_eq!(s.call("GET", &format!("{A}/overview"), None).0, 200);
+    let (st, e) = s.post(&format!("{A}/reset"), json!({}));
+    assert_eq!((st, e["error"].as_str()), (403, Some("forbidden")));
+    s.token = Some("admin-token-0123456789abc".into());
+    let (_, req) = s.post(&format!("{A}/requests"), json!({"member": "u-bob", "credits": 999}));
+    let (st, decided) = s.post(
+        &format!("{A}/requests/{}/approve", req["name"].as_str().unwrap()),
+        json!({}),
+    );
+    assert_eq!((st, decided["decidedBy"].as_str()), (200, Some("ops@example.com")));
+    s.stop();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_credit-operator"))
+        .args(["standalone", "--manifests"])
+        .arg(env.manifests())
+        .args(["--ledger", &env.ledger(), "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}
+
+#[test]
+fn validate_reports_file_object_field_and_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("account.yaml"),
+        ACCOUNT_YAML.replace("creditsPerCycle: 10000", "creditsPerCycle: 5000"),
+    )
+    .unwrap();
+    std::fs::write(d.join("groups.yaml"), GROUPS_YAML).unwrap();
+    std::fs::write(d.join("members.yaml"), format!("{MEMBERS_YAML}---\napiVersion: credits.alchemi.io/v1alpha1\nkind: MemberAllocation\nmetadata: {{name: eve, namespace: team}}\nspec: {{group: ghosts, user: {{id: u-eve}}}}\n")).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_credit-operator"))
+            .arg("validate")
+            .args(args)
+            .arg(d)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stdout).unwrap())
+    };
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(1), "{out}");
+    let file = |f: &str| d.join(f).display().to_string();
+    assert!(
+        out.contains(&format!(
+            "{}: MemberAllocation/eve: spec.group: group \"ghosts\" not found",
+            file("members.yaml")
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{}: CreditAccount/acme: spec.creditsPerCycle: over-allocated",
+            file("account.yaml")
+        )),
+        "{out}"
+    );
+
+    std::fs::write(d.join("members.yaml"), MEMBERS_YAML).unwrap();
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(0), "warnings alone pass: {out}");
+    let (code, _) = run(&["--strict"]);
+    assert_eq!(code, Some(1), "--strict fails on warnings");
+
+    std::fs::write(d.join("bad.yaml"), "apiVersion: credits.alchemi.io/v1alpha1\nkind: CreditGroup\nmetadata: {name: neg, namespace: team}\nspec: {monthlyCredits: \"-3\"}\n").unwrap();
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains(&format!("{}: CreditGroup/neg: spec.monthlyCredits:", file("bad.yaml"))),
+        "{out}"
+    );
+
+    let examples = Command::new(env!("CARGO_BIN_EXE_credit-operator"))
+        .args(["validate", "--strict", concat!(env!("CARGO_MANIFEST_DIR"), "/examples")])
+        .output()
+        .unwrap();
+    assert!(
+        examples.status.success(),
+        "examples/ must validate: {}",
+        String::from_utf8_lossy(&examples.stdout)
+    );
+}
