@@ -492,6 +492,36 @@ on_both_backends! {
         assert_eq!(f.state(), live);
     }
 
+    fn random_command_sequences_recover_to_the_identical_state(db: &Db) {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        let mut runner = TestRunner::new(Config { cases: 12, failure_persistence: None, ..Config::default() });
+        let step = (0usize..6, 0u32..5000, 0u32..30, 0u32..8);
+        runner
+            .run(&proptest::collection::vec(step, 1..60), |steps| {
+                // A fresh journal per case: a schema or file of its own.
+                let own = if db.url.starts_with("sqlite") { sqlite_db() } else { postgres_db().unwrap() };
+                let mut f = Fixture::with_options(&own, LedgerOptions { snapshot_every: 5, ..LedgerOptions::default() });
+                standard(&f);
+                for (i, (kind, amount, key, extra)) in steps.into_iter().enumerate() {
+                    let user = ["u-alice", "u-bob", "u-carol"][extra as usize % 3];
+                    let credits = format!("{}.{:02}", amount / 100, amount % 100);
+                    match kind {
+                        0 | 1 => { let _ = f.usage(user, &credits, &format!("k{key}")); }
+                        2 => { f.submit(&format!("r{i}"), ["alice", "bob", "carol"][extra as usize % 3], &format!("{}", amount % 400 + 1)); }
+                        3 => { let _ = f.decide(&format!("r{key}"), if extra % 2 == 0 { Verdict::Deny } else { Verdict::Approve { credits: None } }); }
+                        4 => f.clock.advance(hours(i64::from(extra) * 100)),
+                        _ => { let _ = f.run(Command::OpenHold { account: ACCOUNT.into(), member: user.into(), charge: Charge::Credits(amt(&credits)), ttl_seconds: 3600, key: format!("h{key}") }); }
+                    }
+                }
+                let live = f.state();
+                f.restart();
+                prop_assert_eq!(f.state(), live);
+                Ok(())
+            })
+            .unwrap();
+    }
+
     fn eight_concurrent_writers_with_retries_debit_each_event_once(db: &Db) {
         let f = Fixture::new(db);
         f.account("100000000", "CalendarMonth");

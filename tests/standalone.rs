@@ -817,6 +817,50 @@ fn validate_reports_file_object_field_and_problem() {
         "{out}"
     );
 
+    std::fs::write(
+        d.join("bad.yaml"),
+        ACCOUNT_YAML
+            .replace("cadence: 1d", "cadence: fortnightly")
+            .replace("name: acme", "name: second"),
+    )
+    .unwrap();
+    let (_, out) = run(&[]);
+    assert!(
+        out.contains(&format!("{}: CreditAccount/second: spec.cadence:", file("bad.yaml"))),
+        "{out}"
+    );
+    std::fs::write(
+        d.join("bad.yaml"),
+        ACCOUNT_YAML
+            .replace("cadence: 1d", "cadence: 1d, timezone: Mars/Olympus")
+            .replace("name: acme", "name: second"),
+    )
+    .unwrap();
+    let (_, out) = run(&[]);
+    assert!(
+        out.contains(&format!(
+            "{}: CreditAccount/second: spec.timezone: unknown time zone",
+            file("bad.yaml")
+        )),
+        "{out}"
+    );
+    std::fs::write(
+        d.join("bad.yaml"),
+        ACCOUNT_YAML
+            .replace("creditsPerCycle: 10000", "creditsPerCycle: 12.5")
+            .replace("name: acme", "name: second"),
+    )
+    .unwrap();
+    let (_, out) = run(&[]);
+    assert!(
+        out.contains(&format!(
+            "{}: CreditAccount/second: spec.creditsPerCycle:",
+            file("bad.yaml")
+        )),
+        "{out}"
+    );
+    std::fs::remove_file(d.join("bad.yaml")).unwrap();
+
     let examples = Command::new(env!("CARGO_BIN_EXE_credit-operator"))
         .args(["validate", "--strict", concat!(env!("CARGO_MANIFEST_DIR"), "/examples")])
         .output()
