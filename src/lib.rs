@@ -15,6 +15,7 @@
 
 pub mod amount;
 pub mod api;
+pub mod bench;
 pub mod clock;
 pub mod crd;
 pub mod cycle;

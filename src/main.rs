@@ -46,6 +46,38 @@ enum Cmd {
         #[arg(long, value_name = "FILE", hide = true, env = "CREDITS_CLOCK_FILE")]
         clock_file: Option<PathBuf>,
     },
+    /// Measure the ledger's hot path here and print one JSON line per backend.
+    Bench {
+        /// `sqlite`, `postgres` or `all`.
+        #[arg(long, default_value = "sqlite")]
+        backend: String,
+        /// PostgreSQL server for `--backend postgres` (a fresh schema is
+        /// created and dropped).
+        #[arg(
+            long,
+            env = "CREDITS_BENCH_POSTGRES_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/test"
+        )]
+        postgres_url: String,
+        /// Usage events ingested through group commit.
+        #[arg(long, default_value = "200000")]
+        events: u64,
+        /// Events committed one transaction each (the baseline).
+        #[arg(long, default_value = "3000")]
+        naive_events: u64,
+        /// Members during ingest and authorize.
+        #[arg(long, default_value = "100000")]
+        members: u64,
+        /// Members at the reset and memory measurement.
+        #[arg(long, default_value = "1000000")]
+        reset_members: u64,
+        /// Seconds of HTTP load.
+        #[arg(long, default_value = "5")]
+        http_seconds: f64,
+        /// Keep-alive HTTP connections.
+        #[arg(long, default_value = "16")]
+        http_connections: usize,
+    },
     /// Check a folder of manifests offline: schema and rules per object,
     /// then references and allocation across objects.
     Validate {
@@ -71,6 +103,45 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Validate { dir, strict } => validate(&dir, strict),
+        Cmd::Bench {
+            backend,
+            postgres_url,
+            events,
+            naive_events,
+            members,
+            reset_members,
+            http_seconds,
+            http_connections,
+        } => {
+            let backends: Vec<&'static str> = match backend.as_str() {
+                "all" => vec!["sqlite", "postgres"],
+                "sqlite" => vec!["sqlite"],
+                "postgres" => vec!["postgres"],
+                other => {
+                    eprintln!("error: --backend must be sqlite, postgres or all, not {other:?}");
+                    return ExitCode::from(2);
+                }
+            };
+            for b in backends {
+                match bench_one(
+                    b,
+                    &postgres_url,
+                    events,
+                    naive_events,
+                    members,
+                    reset_members.max(members),
+                    http_seconds,
+                    http_connections,
+                ) {
+                    Ok(line) => println!("{line}"),
+                    Err(e) => {
+                        eprintln!("error: {b} bench: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
         Cmd::Standalone {
             manifests,
             ledger,
@@ -134,6 +205,54 @@ fn init_tracing() {
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench_one(
+    backend: &'static str,
+    postgres_url: &str,
+    events: u64,
+    naive_events: u64,
+    members: u64,
+    reset_members: u64,
+    http_seconds: f64,
+    http_connections: usize,
+) -> Result<String, String> {
+    let dir = std::env::temp_dir().join(format!("credits-bench-{}", std::process::id()));
+    let mut schema = None;
+    let ledger_url = if backend == "sqlite" {
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        format!("sqlite://{}", dir.join("bench.db").display())
+    } else {
+        let name = format!("bench_{}", std::process::id());
+        let mut client = postgres::Client::connect(postgres_url, postgres::NoTls).map_err(|e| e.to_string())?;
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"))
+            .map_err(|e| e.to_string())?;
+        schema = Some(name.clone());
+        let sep = if postgres_url.contains('?') { '&' } else { '?' };
+        format!("{postgres_url}{sep}options=-c%20search_path%3D{name}")
+    };
+    let options = credit_operator::bench::BenchOptions {
+        ledger_url,
+        backend,
+        events,
+        naive_events,
+        members,
+        reset_members,
+        authorize_calls: 1_000_000,
+        http_seconds,
+        http_connections,
+    };
+    let result = credit_operator::bench::run(&options).map_err(|e| e.to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(name) = schema {
+        if let Ok(mut client) = postgres::Client::connect(postgres_url, postgres::NoTls) {
+            let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"));
+        }
+    }
+    let report = result?;
+    serde_json::to_string(&report).map_err(|e| e.to_string())
 }
 
 fn validate(dir: &std::path::Path, strict: bool) -> ExitCode {

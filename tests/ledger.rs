@@ -152,7 +152,7 @@ on_both_backends! {
         assert_eq!(f.group_figures("default").used, amt("0"));
         let state = f.state();
         let acct = &state.accounts[ACCOUNT];
-        assert_eq!(numbers::member(acct, &acct.members["u-m7"], 1).used, amt("1"));
+        assert_eq!(numbers::member(acct, acct.members.get("u-m7").unwrap(), 1).used, amt("1"));
         assert_eq!(numbers::account(acct, 1).unwrap().used, amt("500"));
     }
 

@@ -203,12 +203,12 @@ fn request_out(account: &Account, r: &crate::ledger::state::Request) -> RequestO
     RequestOut {
         name: r.name.clone(),
         member: member
-            .map(|m| m.spec.user_id.clone())
+            .map(|m| m.user_id().to_string())
             .unwrap_or_else(|| r.member.clone()),
         user: member.map(|m| UserOut {
-            id: m.spec.user_id.clone(),
-            email: m.spec.email.clone(),
-            name: m.spec.display_name.clone(),
+            id: m.user_id().to_string(),
+            email: m.email().to_string(),
+            name: m.display_name().to_string(),
         }),
         credits: r.credits,
         reason: r.reason.clone(),
@@ -461,9 +461,7 @@ async fn groups(
 }
 
 fn matches_search(m: &Member, needle: &str) -> bool {
-    needle.is_empty()
-        || m.spec.display_name.to_lowercase().contains(needle)
-        || m.spec.email.to_lowercase().contains(needle)
+    needle.is_empty() || m.display_name().to_lowercase().contains(needle) || m.email().to_lowercase().contains(needle)
 }
 
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/accounts/{account}/groups/{group}/members", tag = "figures",
@@ -501,7 +499,7 @@ async fn members(
             if current {
                 m.active
             } else {
-                m.history.contains_key(&cycle) || m.tally.cycle == cycle
+                m.closed(cycle).is_some() || m.tally.cycle == cycle
             }
         })
         .filter(|m| matches_search(m, &needle))
@@ -562,12 +560,16 @@ async fn enrol(
         if let Some(existing) = acct.members.get(&b.user.id).filter(|m| m.active) {
             return Err(LedgerError::DuplicateUserId {
                 user_id: b.user.id.clone(),
-                owner: existing.spec.name.clone(),
+                owner: existing.name().to_string(),
             }
             .into());
         }
         let mut name = object_name(&b.user.id);
-        if acct.names.get(&name).is_some_and(|owner| owner != &b.user.id) {
+        if acct
+            .members
+            .by_name(&name)
+            .is_some_and(|owner| owner.user_id() != b.user.id)
+        {
             name = format!("{name}-{}", acct.members.len() + 1);
         }
         MemberSpec {
@@ -658,7 +660,7 @@ async fn create_request(
         acct.members
             .get(&b.member)
             .filter(|m| m.active)
-            .map(|m| m.spec.name.clone())
+            .map(|m| m.name().to_string())
             .ok_or_else(|| LedgerError::UnknownMember(b.member.clone()))?
     };
     let name = request_name(s.ledger.clock().now());

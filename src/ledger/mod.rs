@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod journal;
+pub mod members;
 pub mod model;
 pub mod numbers;
 pub mod postgres;

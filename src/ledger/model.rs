@@ -126,6 +126,12 @@ impl MemberSpec {
     pub fn validate(&self) -> Result<(), LedgerError> {
         check_name("metadata.name", &self.name)?;
         check_name("spec.user.id", &self.user_id)?;
+        if self.email.len() > 320 {
+            return Err(LedgerError::field("spec.user.email", "must be at most 320 characters"));
+        }
+        if self.display_name.len() > 256 {
+            return Err(LedgerError::field("spec.user.name", "must be at most 256 characters"));
+        }
         if let Some(g) = &self.group {
             check_name("spec.group", g)?;
         }
@@ -153,14 +159,6 @@ impl Charge {
     pub fn amount(self) -> Amount {
         match self {
             Charge::Credits(a) | Charge::CostUsd(a) => a,
-        }
-    }
-
-    /// The fingerprint part idempotency compares (decimal value, not text).
-    pub fn fingerprint(self) -> String {
-        match self {
-            Charge::Credits(a) => format!("credits={a}"),
-            Charge::CostUsd(a) => format!("costUsd={a}"),
         }
     }
 

@@ -119,14 +119,14 @@ pub fn auto_approve_remaining(group: &Group, cycle: u64) -> Amount {
 /// its history).
 pub fn member(account: &Account, m: &Member, cycle: u64) -> MemberFigures {
     let current = cycle == account.cycle.number;
-    let (group, monthly, extra, used, granted) = match m.history.get(&cycle) {
+    let (group, monthly, extra, used, granted) = match m.closed(cycle) {
         Some(h) if !current => (h.group.clone(), h.monthly, h.extra, h.used, h.granted),
         _ => {
             let t = m.tally.at(cycle);
             (
                 account.group_of(m).to_string(),
                 m.monthly(),
-                m.spec.extra_credits,
+                m.extra_credits,
                 t.used,
                 t.granted,
             )
@@ -134,10 +134,10 @@ pub fn member(account: &Account, m: &Member, cycle: u64) -> MemberFigures {
     };
     let allocation = monthly + extra + granted;
     MemberFigures {
-        name: m.spec.name.clone(),
-        user_id: m.spec.user_id.clone(),
-        email: m.spec.email.clone(),
-        display_name: m.spec.display_name.clone(),
+        name: m.name().to_string(),
+        user_id: m.user_id().to_string(),
+        email: m.email().to_string(),
+        display_name: m.display_name().to_string(),
         group,
         active: m.active,
         monthly,
@@ -164,7 +164,7 @@ pub fn group(account: &Account, g: &Group) -> GroupFigures {
     let t = g.tally.at(cycle);
     let (mut distributed, mut count) = (Amount::ZERO, 0u32);
     for m in members_of(account, &g.name) {
-        distributed += m.monthly() + m.spec.extra_credits;
+        distributed += m.monthly() + m.extra_credits;
         count += 1;
     }
     let budget = g.settings.budget();
@@ -194,7 +194,7 @@ pub fn closed_groups(account: &Account, cycle: u64) -> Option<Vec<GroupFigures>>
                 let (mut distributed, mut count) = (Amount::ZERO, 0u32);
                 for m in account.members.values() {
                     let f = member(account, m, cycle);
-                    if f.group == g.name && (m.history.contains_key(&cycle) || m.active) {
+                    if f.group == g.name && (m.closed(cycle).is_some() || m.active) {
                         distributed += f.monthly + f.extra;
                         count += 1;
                     }
@@ -301,7 +301,7 @@ pub fn authorize(account: &Account, user_id: &str, credits: Amount) -> Result<Au
     let cycle = account.cycle.number;
     let mt = m.tally.at(cycle);
     let gt = g.tally.at(cycle);
-    let member_room = m.monthly() + m.spec.extra_credits + mt.granted - mt.used - m.held;
+    let member_room = m.monthly() + m.extra_credits + mt.granted - mt.used - m.held;
     let group_room = g.settings.budget() + gt.granted - gt.used - g.held;
     let account_room = account.settings.credits_per_cycle - account.used - account.held;
     let mut best = (member_room, Scope::Member);

@@ -10,7 +10,7 @@
 //! zero. The first write to a member in a new cycle moves its old figures
 //! into its history.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use jiff::civil::DateTime;
 use jiff::{SignedDuration, Timestamp};
@@ -68,34 +68,7 @@ impl Tally {
     }
 }
 
-/// A closed cycle of a member.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberCycle {
-    pub group: String,
-    pub monthly: Amount,
-    pub extra: Amount,
-    pub used: Amount,
-    pub granted: Amount,
-}
-
-/// A user's allocation and figures, kept for good under its user id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    pub spec: MemberSpec,
-    /// Signup credits recorded at enrolment.
-    pub signup: Amount,
-    pub active: bool,
-    pub tally: Tally,
-    pub held: Amount,
-    pub history: BTreeMap<u64, MemberCycle>,
-}
-
-impl Member {
-    /// Monthly credits in force: the spec's, else the recorded signup credits.
-    pub fn monthly(&self) -> Amount {
-        self.spec.monthly_credits.unwrap_or(self.signup)
-    }
-}
+pub use super::members::{Member, MemberCycle, MemberTable, MemberTally};
 
 /// A group's settings and running figures (sums over its active members).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,7 +172,7 @@ pub enum KeyAnswer {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
     pub answer: KeyAnswer,
 }
 
@@ -227,13 +200,13 @@ pub struct Account {
     pub held: Amount,
     pub closed: Vec<ClosedCycle>,
     pub groups: BTreeMap<String, Group>,
-    /// Members by user id.
-    pub members: BTreeMap<String, Member>,
-    /// User id by MemberAllocation name.
-    pub names: BTreeMap<String, String>,
+    /// Members by user id and by MemberAllocation name.
+    pub members: MemberTable,
     /// Requests by uid.
     pub requests: BTreeMap<String, Request>,
     pub holds: BTreeMap<String, Hold>,
+    /// Open holds by expiry, so due expiries are found without a scan.
+    pub expiries: BTreeSet<(Timestamp, String)>,
     pub keys: HashMap<String, KeyRecord>,
 }
 
@@ -256,10 +229,10 @@ impl Account {
             held: Amount::ZERO,
             closed: Vec::new(),
             groups: BTreeMap::new(),
-            members: BTreeMap::new(),
-            names: BTreeMap::new(),
+            members: MemberTable::default(),
             requests: BTreeMap::new(),
             holds: BTreeMap::new(),
+            expiries: BTreeSet::new(),
             keys: HashMap::new(),
         }
     }
@@ -273,12 +246,12 @@ impl Account {
 
     /// The group a member counts in.
     pub fn group_of<'a>(&'a self, member: &'a Member) -> &'a str {
-        member.spec.group.as_deref().unwrap_or(&self.settings.default_group)
+        member.group().unwrap_or(&self.settings.default_group)
     }
 
     /// The member a MemberAllocation name refers to.
     pub fn member_by_name(&self, name: &str) -> Option<&Member> {
-        self.names.get(name).and_then(|id| self.members.get(id))
+        self.members.by_name(name)
     }
 
     /// A group's entry, created (inactive) when a member names a group
@@ -297,23 +270,9 @@ impl Account {
     /// the cycle it leaves go to its history.
     fn member_entry(&mut self, user_id: &str) -> Option<&mut Member> {
         let cycle = self.cycle.number;
-        let default_group = self.settings.default_group.clone();
-        let member = self.members.get_mut(user_id)?;
-        if let Some(old) = member.tally.roll(cycle) {
-            if old.cycle != 0 && (!old.used.is_zero() || !old.granted.is_zero()) {
-                let group = member.spec.group.clone().unwrap_or(default_group);
-                member.history.insert(
-                    old.cycle,
-                    MemberCycle {
-                        group,
-                        monthly: member.monthly(),
-                        extra: member.spec.extra_credits,
-                        used: old.used,
-                        granted: old.granted,
-                    },
-                );
-            }
-        }
+        let Account { members, settings, .. } = self;
+        let member = members.get_mut(user_id)?;
+        member.roll(cycle, &settings.default_group);
         Some(member)
     }
 
@@ -323,12 +282,11 @@ impl Account {
         let Some(member) = self.member_entry(user_id) else {
             return;
         };
-        let tally = member.tally.clone();
+        let tally = member.tally;
         let held = member.held;
         let group_name = member
-            .spec
-            .group
-            .clone()
+            .group()
+            .map(str::to_string)
             .unwrap_or_else(|| self.settings.default_group.clone());
         let group = self.group_entry(&group_name);
         let s = Amount::from_int(sign);
@@ -340,16 +298,30 @@ impl Account {
 
     /// Debits `credits` from a member (its group when active) and the account.
     fn debit(&mut self, user_id: &str, credits: Amount) {
-        let Some(member) = self.member_entry(user_id) else {
+        if self.member_entry(user_id).is_none() {
             return;
-        };
+        }
+        let cycle = self.cycle.number;
+        let Account {
+            members,
+            groups,
+            settings,
+            ..
+        } = self;
+        let Some(member) = members.get_mut(user_id) else { return };
         member.tally.used += credits;
-        let active = member.active;
-        let group = self
-            .group_of(self.members.get(user_id).expect("member exists"))
-            .to_string();
-        if active {
-            self.group_entry(&group).tally.used += credits;
+        if member.active {
+            let group = member.group().unwrap_or(&settings.default_group);
+            match groups.get_mut(group) {
+                Some(g) => {
+                    g.tally.roll(cycle);
+                    g.tally.used += credits;
+                }
+                None => {
+                    let group = group.to_string();
+                    self.group_entry(&group).tally.used += credits;
+                }
+            }
         }
         self.used += credits;
     }
@@ -362,9 +334,8 @@ impl Account {
         member.held += delta;
         if member.active {
             let group = member
-                .spec
-                .group
-                .clone()
+                .group()
+                .map(str::to_string)
                 .unwrap_or_else(|| self.settings.default_group.clone());
             self.group_entry(&group).held += delta;
         }
@@ -372,15 +343,18 @@ impl Account {
     }
 
     fn usage_receipt(&self, user_id: &str, credits: Amount) -> UsageReceipt {
-        let figures = self
-            .members
-            .get(user_id)
-            .map(|m| numbers::member(self, m, self.cycle.number));
+        let (used, remaining) = match self.members.get(user_id) {
+            Some(m) => {
+                let t = m.tally.at(self.cycle.number);
+                (t.used, m.monthly() + m.extra_credits + t.granted - t.used)
+            }
+            None => (Amount::ZERO, Amount::ZERO),
+        };
         UsageReceipt {
             duplicate: false,
             credits,
-            member_used: figures.as_ref().map(|f| f.used).unwrap_or_default(),
-            member_remaining: figures.as_ref().map(|f| f.remaining).unwrap_or_default(),
+            member_used: used,
+            member_remaining: remaining,
         }
     }
 }
@@ -413,12 +387,40 @@ impl Emitter<'_> {
     }
 }
 
-fn fingerprint_usage(member: &str, charge: Charge) -> String {
-    format!("usage|{member}|{}", charge.fingerprint())
+/// What idempotency compares: the body's decimal values, not its text.
+/// The member id is kept as a stable 64-bit hash to keep keys small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// 0 usage, 1 hold.
+    pub kind: u8,
+    pub member: u64,
+    pub charge: Charge,
+    pub ttl: u64,
 }
 
-fn fingerprint_hold(member: &str, charge: Charge, ttl: u64) -> String {
-    format!("hold|{member}|{}|ttl={ttl}", charge.fingerprint())
+/// FNV-1a: stable across builds, unlike the standard library's hasher.
+fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn fingerprint_usage(member: &str, charge: Charge) -> Fingerprint {
+    Fingerprint {
+        kind: 0,
+        member: stable_hash(member),
+        charge,
+        ttl: 0,
+    }
+}
+
+fn fingerprint_hold(member: &str, charge: Charge, ttl: u64) -> Fingerprint {
+    Fingerprint {
+        kind: 1,
+        member: stable_hash(member),
+        charge,
+        ttl,
+    }
 }
 
 impl State {
@@ -436,13 +438,7 @@ impl State {
 
     /// True when a boundary or a hold expiry is due at `now` somewhere.
     pub fn is_due(&self, account: Option<&str>, now: Timestamp) -> bool {
-        let due = |a: &Account| {
-            a.active
-                && (a.cycle.end <= now
-                    || a.holds
-                        .values()
-                        .any(|h| h.state == HoldState::Open && h.expires_at <= now))
-        };
+        let due = |a: &Account| a.active && (a.cycle.end <= now || a.expiries.first().is_some_and(|(t, _)| *t <= now));
         match account {
             Some(id) => self.accounts.get(id).is_some_and(due),
             None => self.accounts.values().any(due),
@@ -478,8 +474,8 @@ impl State {
                 let followers: Vec<String> = account
                     .members
                     .values()
-                    .filter(|m| m.active && m.spec.group.is_none())
-                    .map(|m| m.spec.user_id.clone())
+                    .filter(|m| m.active && m.group().is_none())
+                    .map(|m| m.user_id().to_string())
                     .collect();
                 for id in &followers {
                     account.count_member_in_group(id, -1);
@@ -565,24 +561,10 @@ impl State {
                 if was_active {
                     account.count_member_in_group(&id, -1);
                 }
+                // Close the old cycle's figures under the old spec first.
+                account.member_entry(&id);
                 let cycle = account.cycle.number;
-                let member = account.members.entry(id.clone()).or_insert_with(|| Member {
-                    spec: spec.clone(),
-                    signup: signup.unwrap_or_default(),
-                    active: false,
-                    tally: Tally {
-                        cycle,
-                        ..Tally::default()
-                    },
-                    held: Amount::ZERO,
-                    history: BTreeMap::new(),
-                });
-                let old_name = std::mem::replace(&mut member.spec, spec.clone()).name;
-                member.active = true;
-                if old_name != spec.name && account.names.get(&old_name) == Some(&id) {
-                    account.names.remove(&old_name);
-                }
-                account.names.insert(spec.name.clone(), id.clone());
+                account.members.upsert(spec, signup.unwrap_or_default(), cycle).active = true;
                 account.count_member_in_group(&id, 1);
             }
             Event::MemberRemoved { user_id } => {
@@ -657,7 +639,7 @@ impl State {
                 }
                 request.approved_credits = Some(*credits);
                 let member_name = request.member.clone();
-                let Some(user_id) = account.names.get(&member_name).cloned() else {
+                let Some(user_id) = account.members.by_name(&member_name).map(|m| m.user_id().to_string()) else {
                     return;
                 };
                 let Some(member) = account.member_entry(&user_id) else {
@@ -665,7 +647,8 @@ impl State {
                 };
                 member.tally.granted += *credits;
                 let active = member.active;
-                let group = account.group_of(&account.members[&user_id]).to_string();
+                let group = member.group().map(str::to_string);
+                let group = group.unwrap_or_else(|| account.settings.default_group.clone());
                 if active {
                     let g = account.group_entry(&group);
                     g.tally.granted += *credits;
@@ -693,6 +676,7 @@ impl State {
                         settled_credits: None,
                     },
                 );
+                account.expiries.insert((*expires_at, id.clone()));
                 account.hold_delta(member, *credits);
                 if let Some(key) = &entry.key {
                     let ttl = expires_at.as_second() - at.as_second();
@@ -710,8 +694,9 @@ impl State {
                 let was_open = hold.state == HoldState::Open;
                 hold.state = HoldState::Settled;
                 hold.settled_credits = Some(*credits);
-                let (member, held) = (hold.member.clone(), hold.credits);
+                let (member, held, expires) = (hold.member.clone(), hold.credits, hold.expires_at);
                 if was_open {
+                    account.expiries.remove(&(expires, id.clone()));
                     account.hold_delta(&member, Amount::ZERO - held);
                 }
                 account.debit(&member, *credits);
@@ -726,7 +711,8 @@ impl State {
                 } else {
                     HoldState::Expired
                 };
-                let (member, held) = (hold.member.clone(), hold.credits);
+                let (member, held, expires) = (hold.member.clone(), hold.credits, hold.expires_at);
+                account.expiries.remove(&(expires, id.clone()));
                 account.hold_delta(&member, Amount::ZERO - held);
             }
         }
@@ -755,10 +741,10 @@ fn catch_up(em: &mut Emitter, account_id: &str) -> Result<(), LedgerError> {
     }
     let account = &em.state.accounts[account_id];
     let expired: Vec<String> = account
-        .holds
-        .values()
-        .filter(|h| h.state == HoldState::Open && h.expires_at <= now)
-        .map(|h| h.id.clone())
+        .expiries
+        .iter()
+        .take_while(|(t, _)| *t <= now)
+        .map(|(_, id)| id.clone())
         .collect();
     for id in expired {
         em.emit(account_id, None, Event::HoldExpired { id });
@@ -917,22 +903,22 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
             spec.validate()?;
             let acct = em.state.active_account(&account)?;
             if let Some(existing) = acct.members.get(&spec.user_id) {
-                if existing.active && existing.spec.name != spec.name {
+                if existing.active && existing.name() != spec.name {
                     return Err(LedgerError::DuplicateUserId {
                         user_id: spec.user_id.clone(),
-                        owner: existing.spec.name.clone(),
+                        owner: existing.name().to_string(),
                     });
                 }
-                if existing.active && existing.spec == spec {
+                if existing.active && existing.matches(&spec) {
                     return Ok(Outcome::Done);
                 }
             }
             // The object now names another user id: the old one leaves.
             let replaced = acct
-                .names
-                .get(&spec.name)
-                .filter(|id| **id != spec.user_id && acct.members.get(*id).is_some_and(|m| m.active))
-                .cloned();
+                .members
+                .by_name(&spec.name)
+                .filter(|m| m.user_id() != spec.user_id && m.active)
+                .map(|m| m.user_id().to_string());
             let signup = (!acct.members.contains_key(&spec.user_id)).then_some(acct.settings.signup_credits);
             catch_up(em, &account)?;
             if let Some(old) = replaced {

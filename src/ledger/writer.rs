@@ -37,6 +37,13 @@ struct Job {
     reply: oneshot::Sender<Result<Outcome, LedgerError>>,
 }
 
+/// What the writer thread receives.
+enum Message {
+    Command(Job),
+    /// Store a snapshot now; answers how long it took.
+    Snapshot(oneshot::Sender<Result<std::time::Duration, LedgerError>>),
+}
+
 /// Figures about commits, for metrics.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CommitStats {
@@ -58,7 +65,7 @@ struct Shared {
 #[derive(Clone)]
 pub struct Ledger {
     shared: Arc<Shared>,
-    tx: SyncSender<Job>,
+    tx: SyncSender<Message>,
     clock: Arc<dyn Clock>,
     writer: Arc<WriterThread>,
 }
@@ -109,7 +116,7 @@ impl Ledger {
             fenced: RwLock::new(None),
             backend: journal.backend(),
         });
-        let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
+        let (tx, rx) = mpsc::sync_channel::<Message>(QUEUE_DEPTH);
         let writer_shared = shared.clone();
         let writer_clock = clock.clone();
         let handle = std::thread::Builder::new()
@@ -136,7 +143,7 @@ impl Ledger {
     /// Queues a command; the answer arrives once its batch is durable.
     pub fn submit(&self, command: Command) -> oneshot::Receiver<Result<Outcome, LedgerError>> {
         let (reply, rx) = oneshot::channel();
-        if let Err(mpsc::SendError(job)) = self.tx.send(Job { command, reply }) {
+        if let Err(mpsc::SendError(Message::Command(job))) = self.tx.send(Message::Command(Job { command, reply })) {
             let _ = job.reply.send(Err(LedgerError::ShuttingDown));
         }
         rx
@@ -201,6 +208,15 @@ impl Ledger {
         numbers::authorize(acct, member, credits)
     }
 
+    /// Stores a snapshot now (between batches) and answers how long it took.
+    pub fn snapshot_blocking(&self) -> Result<std::time::Duration, LedgerError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Message::Snapshot(reply))
+            .map_err(|_| LedgerError::ShuttingDown)?;
+        rx.blocking_recv().unwrap_or(Err(LedgerError::ShuttingDown))
+    }
+
     pub fn stats(&self) -> CommitStats {
         *self.shared.stats.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -226,7 +242,7 @@ fn run_writer(
     mut journal: Box<dyn Journal>,
     shared: Arc<Shared>,
     clock: Arc<dyn Clock>,
-    rx: Receiver<Job>,
+    rx: Receiver<Message>,
     options: LedgerOptions,
 ) {
     let mut since_snapshot = 0u64;
@@ -234,10 +250,15 @@ fn run_writer(
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut results = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
-        jobs.push(first);
-        while jobs.len() < MAX_BATCH {
+        let mut snapshot_request = None;
+        match first {
+            Message::Command(job) => jobs.push(job),
+            Message::Snapshot(reply) => snapshot_request = Some(reply),
+        }
+        while jobs.len() < MAX_BATCH && snapshot_request.is_none() {
             match rx.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(Message::Command(job)) => jobs.push(job),
+                Ok(Message::Snapshot(reply)) => snapshot_request = Some(reply),
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
             }
         }
@@ -296,11 +317,18 @@ fn run_writer(
             }
         }
         entries.clear();
-        if since_snapshot >= options.snapshot_every {
-            let state = shared.state.read().unwrap_or_else(|p| p.into_inner()).clone();
-            match journal.save_snapshot(&state) {
+        if since_snapshot >= options.snapshot_every || snapshot_request.is_some() {
+            let started = Instant::now();
+            let result = {
+                let state = shared.state.read().unwrap_or_else(|p| p.into_inner());
+                journal.save_snapshot(&state)
+            };
+            match &result {
                 Ok(()) => since_snapshot = 0,
                 Err(e) => tracing::warn!(error = %e, "snapshot failed; the journal alone still recovers"),
+            }
+            if let Some(reply) = snapshot_request {
+                let _ = reply.send(result.map(|()| started.elapsed()).map_err(LedgerError::from));
             }
         }
     }

@@ -322,10 +322,10 @@ impl Round<'_> {
                     }
                 }
                 for member in account.members.values().filter(|m| m.active) {
-                    if !members.contains(&(id.clone(), member.spec.user_id.clone())) {
+                    if !members.contains(&(id.clone(), member.user_id().to_string())) {
                         commands.push(Command::RemoveMember {
                             account: id.clone(),
-                            user_id: member.spec.user_id.clone(),
+                            user_id: member.user_id().to_string(),
                         });
                     }
                 }

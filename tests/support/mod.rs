@@ -192,7 +192,7 @@ impl Fixture {
     pub fn member_figures(&self, user: &str) -> numbers::MemberFigures {
         let state = self.ledger.read();
         let acct = state.account(ACCOUNT).expect("account");
-        numbers::member(acct, &acct.members[user], acct.cycle.number)
+        numbers::member(acct, acct.members.get(user).unwrap(), acct.cycle.number)
     }
 
     pub fn group_figures(&self, name: &str) -> numbers::GroupFigures {

@@ -1,0 +1,375 @@
+//! `credit-operator bench`: measures the ledger's hot path on this machine
+//! and prints one JSON line per backend.
+//!
+//! Every figure is measured in the same run as its baseline: durable
+//! ingest through group commit against the same events committed one
+//! transaction each, authorize in-process and over loopback HTTP, a reset
+//! of 1,000,000 members, and memory per million members.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::amount::Amount;
+use crate::api::{self, AppState, Metrics};
+use crate::clock::SystemClock;
+use crate::ledger::writer::LedgerOptions;
+use crate::ledger::{AccountSettings, Charge, Command, GroupSettings, Ledger, LedgerError, MemberSpec, Outcome};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// `sqlite://PATH` or `postgres://…` of an empty journal.
+    pub ledger_url: String,
+    pub backend: &'static str,
+    pub events: u64,
+    pub naive_events: u64,
+    pub members: u64,
+    pub reset_members: u64,
+    pub authorize_calls: u64,
+    pub http_seconds: f64,
+    pub http_connections: usize,
+}
+
+/// One line of results.
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub backend: &'static str,
+    pub events: u64,
+    pub events_per_sec: u64,
+    pub naive_events: u64,
+    pub naive_events_per_sec: u64,
+    pub ratio: f64,
+    pub mean_batch_size: f64,
+    pub authorize_p50_us: f64,
+    pub authorize_p99_us: f64,
+    pub http_requests: u64,
+    pub http_rps: u64,
+    pub http_p50_us: f64,
+    pub http_p99_us: f64,
+    pub reset_members: u64,
+    pub reset_ms: f64,
+    pub snapshot_ms: f64,
+    pub rss_mib_per_million_members: f64,
+    /// Share of the ingest time the writer spent in journal commits.
+    pub commit_share: f64,
+}
+
+/// A small deterministic generator: the same events every run.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+const ACCOUNT: &str = "bench/acme";
+
+fn member(i: u64) -> MemberSpec {
+    MemberSpec {
+        name: format!("m{i}"),
+        user_id: format!("u{i:07}"),
+        email: format!("user{i}@example.com"),
+        display_name: format!("User {i}"),
+        group: Some(format!("g{}", i % 20)),
+        monthly_credits: Some(Amount::from_int(1_000_000)),
+        extra_credits: Amount::ZERO,
+    }
+}
+
+/// A realistic charge: 0.001 to 50 credits with three decimals.
+fn charge(rng: &mut XorShift) -> Charge {
+    let milli = rng.next() % 50_000 + 1;
+    Charge::Credits(Amount::from_decimal(rust_decimal::Decimal::new(milli as i64, 3)))
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Submits commands with many in flight (the way concurrent gateways
+/// load the writer) and waits for every durable answer.
+fn pipeline(ledger: &Ledger, commands: impl Iterator<Item = Command>) -> Result<(), LedgerError> {
+    let mut in_flight = std::collections::VecDeque::new();
+    for command in commands {
+        in_flight.push_back(ledger.submit(command));
+        if in_flight.len() >= 16_384 {
+            if let Some(rx) = in_flight.pop_front() {
+                rx.blocking_recv().map_err(|_| LedgerError::ShuttingDown)??;
+            }
+        }
+    }
+    for rx in in_flight {
+        rx.blocking_recv().map_err(|_| LedgerError::ShuttingDown)??;
+    }
+    Ok(())
+}
+
+fn enrol(ledger: &Ledger, from: u64, to: u64) -> Result<(), LedgerError> {
+    pipeline(
+        ledger,
+        (from..to).map(|i| Command::ApplyMember {
+            account: ACCOUNT.into(),
+            member: member(i),
+        }),
+    )
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    (sorted[idx] * 100.0).round() / 100.0
+}
+
+/// Runs every measurement on an empty journal.
+pub fn run(options: &BenchOptions) -> Result<BenchReport, LedgerError> {
+    // Snapshots are measured on their own below, not left to fall into
+    // the middle of another measurement.
+    let ledger_options = LedgerOptions {
+        snapshot_every: u64::MAX,
+        ..LedgerOptions::default()
+    };
+    let ledger = Ledger::open_with(&options.ledger_url, Arc::new(SystemClock), ledger_options)?;
+    let settings = AccountSettings::new(
+        Amount::from_int(1_000_000_000_000),
+        "CalendarMonth",
+        "UTC",
+        Amount::from_int(100),
+        Amount::ZERO,
+        "default",
+    )?;
+    ledger.execute_blocking(Command::ApplyAccount {
+        account: ACCOUNT.into(),
+        settings,
+    })?;
+    for g in 0..20 {
+        let settings = GroupSettings::new(Amount::from_int(100_000_000_000), Amount::ZERO, Amount::ZERO)?;
+        ledger.execute_blocking(Command::ApplyGroup {
+            account: ACCOUNT.into(),
+            name: format!("g{g}"),
+            settings,
+        })?;
+    }
+    enrol(&ledger, 0, options.members)?;
+
+    // Durable ingest through group commit: time-ordered keys.
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    let events: Vec<Command> = (0..options.events)
+        .map(|i| Command::RecordUsage {
+            account: ACCOUNT.into(),
+            member: format!("u{:07}", rng.next() % options.members),
+            charge: charge(&mut rng),
+            key: format!("evt-{i:012}"),
+            occurred_at: None,
+        })
+        .collect();
+    let before = ledger.stats();
+    let started = Instant::now();
+    pipeline(&ledger, events.into_iter())?;
+    let ingest = started.elapsed();
+    let after = ledger.stats();
+    let batches = (after.batches - before.batches).max(1);
+    let mean_batch_size = ((after.entries - before.entries) as f64 / batches as f64 * 10.0).round() / 10.0;
+    let commit_micros = (after.total_commit_micros - before.total_commit_micros) as f64;
+    let commit_share = (commit_micros / ingest.as_micros().max(1) as f64 * 100.0).round() / 100.0;
+    let events_per_sec = (options.events as f64 / ingest.as_secs_f64()) as u64;
+
+    // The same kind of events, one transaction each.
+    let started = Instant::now();
+    for i in 0..options.naive_events {
+        ledger.execute_blocking(Command::RecordUsage {
+            account: ACCOUNT.into(),
+            member: format!("u{:07}", rng.next() % options.members),
+            charge: charge(&mut rng),
+            key: format!("naive-{i:012}"),
+            occurred_at: None,
+        })?;
+    }
+    let naive_events_per_sec = (options.naive_events as f64 / started.elapsed().as_secs_f64()) as u64;
+
+    // Authorize in memory.
+    let mut samples = Vec::with_capacity(options.authorize_calls as usize);
+    let ids: Vec<String> = (0..4096)
+        .map(|_| format!("u{:07}", rng.next() % options.members))
+        .collect();
+    for i in 0..options.authorize_calls as usize {
+        let c = charge(&mut rng);
+        let t = Instant::now();
+        let a = ledger.authorize(ACCOUNT, &ids[i % ids.len()], c)?;
+        samples.push(t.elapsed().as_nanos() as f64 / 1000.0);
+        std::hint::black_box(a);
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let (authorize_p50_us, authorize_p99_us) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
+
+    let (http_requests, http_rps, http_p50_us, http_p99_us) = http(&ledger, options)?;
+
+    // Memory and reset at a million members.
+    let rss_before = rss_bytes();
+    enrol(&ledger, options.members, options.reset_members)?;
+    let rss_after = rss_bytes();
+    let added = options.reset_members.saturating_sub(options.members).max(1);
+    let rss_mib_per_million_members =
+        ((rss_after.saturating_sub(rss_before)) as f64 / 1_048_576.0 * 1_000_000.0 / added as f64 * 10.0).round()
+            / 10.0;
+    let started = Instant::now();
+    match ledger.execute_blocking(Command::Reset {
+        account: ACCOUNT.into(),
+        mark: None,
+    })? {
+        Outcome::Cycle(_) => {}
+        other => return Err(LedgerError::Storage(format!("unexpected reset answer {other:?}"))),
+    }
+    let reset_ms = (started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+    let snapshot_ms = (ledger.snapshot_blocking()?.as_secs_f64() * 1000.0).round();
+    ledger.shutdown();
+
+    Ok(BenchReport {
+        backend: options.backend,
+        events: options.events,
+        events_per_sec,
+        naive_events: options.naive_events,
+        naive_events_per_sec,
+        ratio: ((events_per_sec as f64 / naive_events_per_sec.max(1) as f64) * 10.0).round() / 10.0,
+        mean_batch_size,
+        authorize_p50_us,
+        authorize_p99_us,
+        http_requests,
+        http_rps,
+        http_p50_us,
+        http_p99_us,
+        reset_members: options.reset_members,
+        reset_ms,
+        snapshot_ms,
+        rss_mib_per_million_members,
+        commit_share,
+    })
+}
+
+/// Authorize over loopback HTTP with keep-alive connections; the client
+/// runs in the same process and is counted against the same two cores.
+fn http(ledger: &Ledger, options: &BenchOptions) -> Result<(u64, u64, f64, f64), LedgerError> {
+    let io = |e: std::io::Error| LedgerError::Storage(format!("http bench: {e}"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(io)?;
+    let state = AppState {
+        ledger: ledger.clone(),
+        tokens: None,
+        metrics: Metrics::default(),
+        directory: Arc::new(NoDirectory),
+    };
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
+        let address = listener.local_addr().map_err(io)?;
+        let server = tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
+        let deadline = Instant::now() + Duration::from_secs_f64(options.http_seconds);
+        let mut clients = Vec::new();
+        for c in 0..options.http_connections {
+            let members = options.members;
+            clients.push(tokio::spawn(async move {
+                client(address, c as u64, members, deadline).await
+            }));
+        }
+        let started = Instant::now();
+        let mut latencies = Vec::new();
+        for client in clients {
+            latencies.extend(client.await.map_err(|e| io(std::io::Error::other(e)))?.map_err(io)?);
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        server.abort();
+        latencies.sort_by(|a, b| a.total_cmp(b));
+        let n = latencies.len() as u64;
+        Ok((
+            n,
+            (n as f64 / elapsed) as u64,
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+        ))
+    })
+}
+
+/// One keep-alive connection sending authorize requests until the deadline.
+async fn client(
+    address: std::net::SocketAddr,
+    seed: u64,
+    members: u64,
+    deadline: Instant,
+) -> std::io::Result<Vec<f64>> {
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    let mut rng = XorShift(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
+    let mut latencies = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while Instant::now() < deadline {
+        let body = format!(
+            "{{\"member\":\"u{:07}\",\"credits\":\"{}.5\"}}",
+            rng.next() % members,
+            rng.next() % 40
+        );
+        let request = format!(
+            "POST /v1/namespaces/bench/accounts/acme/authorize HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let t = Instant::now();
+        stream.write_all(request.as_bytes()).await?;
+        let mut filled = 0;
+        loop {
+            let n = stream.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "server closed"));
+            }
+            filled += n;
+            if let Some(end) = response_end(&buf[..filled]) {
+                if !buf.starts_with(b"HTTP/1.1 200") {
+                    return Err(std::io::Error::other(String::from_utf8_lossy(&buf[..end]).to_string()));
+                }
+                break;
+            }
+        }
+        latencies.push(t.elapsed().as_nanos() as f64 / 1000.0);
+    }
+    Ok(latencies)
+}
+
+/// The length of a complete response in `buf`, if it holds one.
+fn response_end(buf: &[u8]) -> Option<usize> {
+    let head = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let headers = std::str::from_utf8(&buf[..head]).ok()?;
+    let length: usize = headers.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("content-length:")
+            .map(|v| v.trim().parse().ok())
+    })??;
+    (buf.len() >= head + length).then_some(head + length)
+}
+
+struct NoDirectory;
+
+impl api::Directory for NoDirectory {
+    fn enrol<'a>(
+        &'a self,
+        _account: &'a str,
+        _member: MemberSpec,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), api::error::ApiError>> + Send + 'a>> {
+        Box::pin(async {
+            Err(api::error::ApiError::not_found(
+                "enrolment is not part of the benchmark",
+            ))
+        })
+    }
+}

@@ -1,0 +1,449 @@
+//! Members, packed for a million of them per account.
+//!
+//! A member's strings (object name, user id, email, display name, group)
+//! live in one allocation, and the table indexes members by user id and
+//! by object name without storing either string twice.
+
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+use serde::{Deserialize, Serialize};
+
+use super::model::MemberSpec;
+use crate::amount::Amount;
+
+/// The per-cycle figures of a member.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberTally {
+    pub cycle: u64,
+    pub used: Amount,
+    pub granted: Amount,
+}
+
+impl MemberTally {
+    /// The figures as of `cycle`: zero when they belong to an older one.
+    pub fn at(&self, cycle: u64) -> MemberTally {
+        if self.cycle == cycle {
+            *self
+        } else {
+            MemberTally {
+                cycle,
+                ..MemberTally::default()
+            }
+        }
+    }
+}
+
+/// A closed cycle of a member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberCycle {
+    pub group: String,
+    pub monthly: Amount,
+    pub extra: Amount,
+    pub used: Amount,
+    pub granted: Amount,
+}
+
+/// Name, user id, email, display name and group in one string.
+#[derive(Clone, PartialEq, Eq)]
+struct Profile {
+    text: Box<str>,
+    /// End offsets of name, user id, email and display name; the group
+    /// (when `has_group`) is the rest.
+    ends: [u16; 4],
+    has_group: bool,
+}
+
+impl Profile {
+    fn new(spec: &MemberSpec) -> Profile {
+        let group = spec.group.as_deref().unwrap_or_default();
+        let mut text = String::with_capacity(
+            spec.name.len() + spec.user_id.len() + spec.email.len() + spec.display_name.len() + group.len(),
+        );
+        let mut ends = [0u16; 4];
+        for (i, part) in [&spec.name, &spec.user_id, &spec.email, &spec.display_name]
+            .into_iter()
+            .enumerate()
+        {
+            text.push_str(part);
+            // MemberSpec::validate bounds every part; saturate rather than wrap.
+            ends[i] = u16::try_from(text.len()).unwrap_or(u16::MAX);
+        }
+        text.push_str(group);
+        Profile {
+            text: text.into_boxed_str(),
+            ends,
+            has_group: spec.group.is_some(),
+        }
+    }
+
+    fn part(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { usize::from(self.ends[i - 1]) };
+        let end = if i == 4 {
+            self.text.len()
+        } else {
+            usize::from(self.ends[i])
+        };
+        self.text.get(start..end).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Profile")
+            .field("name", &self.part(0))
+            .field("user_id", &self.part(1))
+            .field("group", &self.has_group.then(|| self.part(4)))
+            .finish()
+    }
+}
+
+/// A user's allocation and figures, kept for good under its user id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "MemberRecord", into = "MemberRecord")]
+pub struct Member {
+    profile: Profile,
+    pub monthly_credits: Option<Amount>,
+    pub extra_credits: Amount,
+    /// Signup credits recorded at enrolment.
+    pub signup: Amount,
+    pub active: bool,
+    pub tally: MemberTally,
+    pub held: Amount,
+    /// Boxed: 8 bytes for the many members without closed cycles, where a
+    /// bare map would take 24.
+    #[allow(clippy::box_collection)]
+    pub history: Option<Box<BTreeMap<u64, MemberCycle>>>,
+}
+
+/// How a member is written in a snapshot.
+#[derive(Serialize, Deserialize)]
+struct MemberRecord {
+    spec: MemberSpec,
+    signup: Amount,
+    active: bool,
+    tally: MemberTally,
+    held: Amount,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    history: BTreeMap<u64, MemberCycle>,
+}
+
+impl From<MemberRecord> for Member {
+    fn from(r: MemberRecord) -> Member {
+        let mut m = Member::new(&r.spec, r.signup, r.tally.cycle);
+        m.active = r.active;
+        m.tally = r.tally;
+        m.held = r.held;
+        m.history = (!r.history.is_empty()).then(|| Box::new(r.history));
+        m
+    }
+}
+
+impl From<Member> for MemberRecord {
+    fn from(m: Member) -> MemberRecord {
+        MemberRecord {
+            spec: m.spec(),
+            signup: m.signup,
+            active: m.active,
+            tally: m.tally,
+            held: m.held,
+            history: m.history.map(|h| *h).unwrap_or_default(),
+        }
+    }
+}
+
+impl Member {
+    /// A member first seen in `cycle`, not yet active.
+    pub fn new(spec: &MemberSpec, signup: Amount, cycle: u64) -> Member {
+        Member {
+            profile: Profile::new(spec),
+            monthly_credits: spec.monthly_credits,
+            extra_credits: spec.extra_credits,
+            signup,
+            active: false,
+            tally: MemberTally {
+                cycle,
+                ..MemberTally::default()
+            },
+            held: Amount::ZERO,
+            history: None,
+        }
+    }
+
+    /// The MemberAllocation name.
+    pub fn name(&self) -> &str {
+        self.profile.part(0)
+    }
+
+    pub fn user_id(&self) -> &str {
+        self.profile.part(1)
+    }
+
+    pub fn email(&self) -> &str {
+        self.profile.part(2)
+    }
+
+    pub fn display_name(&self) -> &str {
+        self.profile.part(3)
+    }
+
+    /// The group the spec names; `None` means the account's default group.
+    pub fn group(&self) -> Option<&str> {
+        self.profile.has_group.then(|| self.profile.part(4))
+    }
+
+    /// Monthly credits in force: the spec's, else the recorded signup credits.
+    pub fn monthly(&self) -> Amount {
+        self.monthly_credits.unwrap_or(self.signup)
+    }
+
+    /// The spec this member was last configured with.
+    pub fn spec(&self) -> MemberSpec {
+        MemberSpec {
+            name: self.name().to_string(),
+            user_id: self.user_id().to_string(),
+            email: self.email().to_string(),
+            display_name: self.display_name().to_string(),
+            group: self.group().map(str::to_string),
+            monthly_credits: self.monthly_credits,
+            extra_credits: self.extra_credits,
+        }
+    }
+
+    /// True when `spec` is what this member is configured with.
+    pub fn matches(&self, spec: &MemberSpec) -> bool {
+        self.name() == spec.name
+            && self.user_id() == spec.user_id
+            && self.email() == spec.email
+            && self.display_name() == spec.display_name
+            && self.group() == spec.group.as_deref()
+            && self.monthly_credits == spec.monthly_credits
+            && self.extra_credits == spec.extra_credits
+    }
+
+    /// Takes a new spec (same user id).
+    pub fn configure(&mut self, spec: &MemberSpec) {
+        self.profile = Profile::new(spec);
+        self.monthly_credits = spec.monthly_credits;
+        self.extra_credits = spec.extra_credits;
+    }
+
+    /// Moves the tally to `cycle`; the figures of the cycle it leaves go to
+    /// the history (with the group the member counted in then).
+    pub fn roll(&mut self, cycle: u64, default_group: &str) {
+        if self.tally.cycle == cycle {
+            return;
+        }
+        let old = std::mem::replace(
+            &mut self.tally,
+            MemberTally {
+                cycle,
+                ..MemberTally::default()
+            },
+        );
+        if old.cycle != 0 && (!old.used.is_zero() || !old.granted.is_zero()) {
+            let record = MemberCycle {
+                group: self.group().unwrap_or(default_group).to_string(),
+                monthly: self.monthly(),
+                extra: self.extra_credits,
+                used: old.used,
+                granted: old.granted,
+            };
+            self.history
+                .get_or_insert_with(Default::default)
+                .insert(old.cycle, record);
+        }
+    }
+
+    /// The member's record of a closed cycle.
+    pub fn closed(&self, cycle: u64) -> Option<&MemberCycle> {
+        self.history.as_ref().and_then(|h| h.get(&cycle))
+    }
+}
+
+/// Members by user id and by object name.
+#[derive(Default)]
+pub struct MemberTable {
+    rows: Vec<Member>,
+    by_id: HashTable<u32>,
+    by_name: HashTable<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl Clone for MemberTable {
+    fn clone(&self) -> Self {
+        MemberTable::from(self.rows.clone())
+    }
+}
+
+impl std::fmt::Debug for MemberTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.rows.iter()).finish()
+    }
+}
+
+impl PartialEq for MemberTable {
+    fn eq(&self, other: &Self) -> bool {
+        self.rows == other.rows && self.iter_names().eq(other.iter_names())
+    }
+}
+
+impl Eq for MemberTable {}
+
+impl From<Vec<Member>> for MemberTable {
+    fn from(rows: Vec<Member>) -> MemberTable {
+        let mut table = MemberTable {
+            rows,
+            ..MemberTable::default()
+        };
+        table.rebuild_ids();
+        // Later members took over names from earlier ones.
+        for i in 0..table.rows.len() {
+            table.point_name(i as u32);
+        }
+        table
+    }
+}
+
+impl Serialize for MemberTable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.rows.len()))?;
+        for m in &self.rows {
+            seq.serialize_element(&MemberRecord::from(m.clone()))?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for MemberTable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let rows = Vec::<Member>::deserialize(d)?;
+        let mut table = MemberTable::from(rows);
+        // Names that pointed at a member before it was renamed are gone;
+        // the last member to claim a name holds it.
+        table.rebuild_names();
+        Ok(table)
+    }
+}
+
+impl MemberTable {
+    fn rebuild_ids(&mut self) {
+        let mut by_id = HashTable::with_capacity(self.rows.len());
+        for (i, m) in self.rows.iter().enumerate() {
+            let hash = self.hasher.hash_one(m.user_id());
+            by_id.insert_unique(hash, i as u32, |&j| {
+                self.hasher.hash_one(self.rows[j as usize].user_id())
+            });
+        }
+        self.by_id = by_id;
+    }
+
+    fn rebuild_names(&mut self) {
+        self.by_name = HashTable::with_capacity(self.rows.len());
+        for i in 0..self.rows.len() {
+            self.point_name(i as u32);
+        }
+    }
+
+    fn iter_names(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut names: Vec<(&str, &str)> = self
+            .by_name
+            .iter()
+            .map(|&i| (self.rows[i as usize].name(), self.rows[i as usize].user_id()))
+            .collect();
+        names.sort_unstable();
+        names.into_iter()
+    }
+
+    fn index_of(&self, user_id: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(user_id);
+        self.by_id
+            .find(hash, |&i| self.rows[i as usize].user_id() == user_id)
+            .copied()
+    }
+
+    /// Makes `name` of row `i` point at row `i`.
+    fn point_name(&mut self, i: u32) {
+        let rows = &self.rows;
+        let hasher = &self.hasher;
+        let name = rows[i as usize].name();
+        let hash = hasher.hash_one(name);
+        match self.by_name.find_mut(hash, |&j| rows[j as usize].name() == name) {
+            Some(slot) => *slot = i,
+            None => {
+                self.by_name
+                    .insert_unique(hash, i, |&j| hasher.hash_one(rows[j as usize].name()));
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn get(&self, user_id: &str) -> Option<&Member> {
+        self.index_of(user_id).map(|i| &self.rows[i as usize])
+    }
+
+    pub fn get_mut(&mut self, user_id: &str) -> Option<&mut Member> {
+        self.index_of(user_id).map(|i| &mut self.rows[i as usize])
+    }
+
+    pub fn contains_key(&self, user_id: &str) -> bool {
+        self.index_of(user_id).is_some()
+    }
+
+    /// The member a MemberAllocation name refers to.
+    pub fn by_name(&self, name: &str) -> Option<&Member> {
+        let hash = self.hasher.hash_one(name);
+        self.by_name
+            .find(hash, |&i| self.rows[i as usize].name() == name)
+            .map(|&i| &self.rows[i as usize])
+    }
+
+    /// Every member, in enrolment order.
+    pub fn values(&self) -> std::slice::Iter<'_, Member> {
+        self.rows.iter()
+    }
+
+    /// Configures (or enrols) the member `spec` names and points its
+    /// object name at it.
+    pub fn upsert(&mut self, spec: &MemberSpec, signup: Amount, cycle: u64) -> &mut Member {
+        let i = match self.index_of(&spec.user_id) {
+            Some(i) => {
+                let old_name = self.rows[i as usize].name().to_string();
+                self.rows[i as usize].configure(spec);
+                if old_name != spec.name {
+                    self.unpoint_name(&old_name, i);
+                }
+                i
+            }
+            None => {
+                let i = self.rows.len() as u32;
+                self.rows.push(Member::new(spec, signup, cycle));
+                let rows = &self.rows;
+                let hasher = &self.hasher;
+                let hash = hasher.hash_one(spec.user_id.as_str());
+                self.by_id
+                    .insert_unique(hash, i, |&j| hasher.hash_one(rows[j as usize].user_id()));
+                i
+            }
+        };
+        self.point_name(i);
+        &mut self.rows[i as usize]
+    }
+
+    /// Drops `name` from the index when it still points at row `i`.
+    fn unpoint_name(&mut self, name: &str, i: u32) {
+        let hash = self.hasher.hash_one(name);
+        if let Ok(entry) = self.by_name.find_entry(hash, |&j| j == i) {
+            entry.remove();
+        }
+    }
+}
