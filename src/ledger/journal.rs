@@ -34,6 +34,9 @@ pub trait Journal: Send + 'static {
     fn backend(&self) -> &'static str;
     /// The epoch this writer holds.
     fn epoch(&self) -> i64;
+    /// Another connection to the same journal under the same epoch, for
+    /// work off the writer thread (snapshots).
+    fn attach(&self) -> Result<Box<dyn Journal>, JournalError>;
     /// Writes a batch in one transaction, only while this writer's epoch
     /// is still the stored one. All or nothing.
     fn append(&mut self, entries: &[JournalEntry]) -> Result<(), JournalError>;

@@ -129,6 +129,51 @@ struct MemberRecord {
     history: BTreeMap<u64, MemberCycle>,
 }
 
+/// [`MemberRecord`] borrowed, so a snapshot copies no member.
+#[derive(Serialize)]
+struct MemberRecordRef<'a> {
+    spec: SpecRef<'a>,
+    signup: Amount,
+    active: bool,
+    tally: MemberTally,
+    held: Amount,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<&'a BTreeMap<u64, MemberCycle>>,
+}
+
+/// [`MemberSpec`]'s serialized form, borrowed.
+#[derive(Serialize)]
+struct SpecRef<'a> {
+    name: &'a str,
+    user_id: &'a str,
+    email: &'a str,
+    display_name: &'a str,
+    group: Option<&'a str>,
+    monthly_credits: Option<Amount>,
+    extra_credits: Amount,
+}
+
+impl<'a> From<&'a Member> for MemberRecordRef<'a> {
+    fn from(m: &'a Member) -> Self {
+        MemberRecordRef {
+            spec: SpecRef {
+                name: m.name(),
+                user_id: m.user_id(),
+                email: m.email(),
+                display_name: m.display_name(),
+                group: m.group(),
+                monthly_credits: m.monthly_credits,
+                extra_credits: m.extra_credits,
+            },
+            signup: m.signup,
+            active: m.active,
+            tally: m.tally,
+            held: m.held,
+            history: m.history.as_deref(),
+        }
+    }
+}
+
 impl From<MemberRecord> for Member {
     fn from(r: MemberRecord) -> Member {
         let mut m = Member::new(&r.spec, r.signup, r.tally.cycle);
@@ -273,7 +318,12 @@ pub struct MemberTable {
 
 impl Clone for MemberTable {
     fn clone(&self) -> Self {
-        MemberTable::from(self.rows.clone())
+        MemberTable {
+            rows: self.rows.clone(),
+            by_id: self.by_id.clone(),
+            by_name: self.by_name.clone(),
+            hasher: self.hasher,
+        }
     }
 }
 
@@ -311,7 +361,7 @@ impl Serialize for MemberTable {
         use serde::ser::SerializeSeq;
         let mut seq = s.serialize_seq(Some(self.rows.len()))?;
         for m in &self.rows {
-            seq.serialize_element(&MemberRecord::from(m.clone()))?;
+            seq.serialize_element(&MemberRecordRef::from(m))?;
         }
         seq.end()
     }

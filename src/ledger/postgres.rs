@@ -14,6 +14,7 @@ fn backend(e: postgres::Error) -> JournalError {
 pub struct PostgresJournal {
     client: Client,
     epoch: i64,
+    url: String,
 }
 
 impl PostgresJournal {
@@ -43,13 +44,26 @@ impl PostgresJournal {
             )
             .map_err(backend)?
             .get(0);
-        Ok(PostgresJournal { client, epoch })
+        Ok(PostgresJournal {
+            client,
+            epoch,
+            url: url.to_string(),
+        })
     }
 }
 
 impl Journal for PostgresJournal {
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    fn attach(&self) -> Result<Box<dyn Journal>, JournalError> {
+        let client = Client::connect(&self.url, NoTls).map_err(backend)?;
+        Ok(Box::new(PostgresJournal {
+            client,
+            epoch: self.epoch,
+            url: self.url.clone(),
+        }))
     }
 
     fn epoch(&self) -> i64 {

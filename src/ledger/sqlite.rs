@@ -10,22 +10,53 @@ fn backend(e: rusqlite::Error) -> JournalError {
     JournalError::Backend(format!("sqlite: {e}"))
 }
 
+fn connect(path: &str) -> Result<Connection, JournalError> {
+    let conn = Connection::open(path).map_err(backend)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(backend)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
+    Ok(conn)
+}
+
+const ROWS_PER_INSERT: usize = 64;
+
+fn insert_sql(rows: usize) -> String {
+    let row = "(?, ?, ?, ?, ?)";
+    format!(
+        "INSERT INTO journal (seq, account, idem_key, recorded_at, body) VALUES {}",
+        vec![row; rows].join(", ")
+    )
+}
+
+fn push_row(values: &mut Vec<rusqlite::types::Value>, entry: &JournalEntry) -> Result<(), JournalError> {
+    use rusqlite::types::Value;
+    let seq = i64::try_from(entry.seq).map_err(|_| JournalError::Backend("sequence overflow".into()))?;
+    values.push(Value::Integer(seq));
+    values.push(Value::Text(entry.account.clone()));
+    values.push(entry.key.clone().map_or(Value::Null, Value::Text));
+    values.push(Value::Integer(nanos(entry)?));
+    values.push(Value::Text(encode(entry)?));
+    Ok(())
+}
+
 /// A journal in one SQLite file.
 pub struct SqliteJournal {
     conn: Connection,
     epoch: i64,
+    path: String,
 }
 
 impl SqliteJournal {
     /// Opens (or creates) the file, migrates it and takes the next epoch.
     pub fn open(path: &str) -> Result<Self, JournalError> {
-        let conn = Connection::open(path).map_err(backend)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
+        let conn = connect(path)?;
         conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
             .map_err(backend)?;
-        let mut journal = SqliteJournal { conn, epoch: 0 };
+        let mut journal = SqliteJournal {
+            conn,
+            epoch: 0,
+            path: path.to_string(),
+        };
         journal.migrate()?;
         journal.epoch = journal
             .conn
@@ -36,6 +67,15 @@ impl SqliteJournal {
             )
             .map_err(backend)?;
         Ok(journal)
+    }
+
+    /// A second connection under the same epoch (for background snapshots).
+    pub fn attach(&self) -> Result<Self, JournalError> {
+        Ok(SqliteJournal {
+            conn: connect(&self.path)?,
+            epoch: self.epoch,
+            path: self.path.clone(),
+        })
     }
 
     fn migrate(&mut self) -> Result<(), JournalError> {
@@ -67,6 +107,10 @@ impl Journal for SqliteJournal {
         "sqlite"
     }
 
+    fn attach(&self) -> Result<Box<dyn Journal>, JournalError> {
+        Ok(Box::new(SqliteJournal::attach(self)?))
+    }
+
     fn epoch(&self) -> i64 {
         self.epoch
     }
@@ -85,13 +129,22 @@ impl Journal for SqliteJournal {
                 stored,
             });
         }
+        // Many rows per statement: the per-statement cost is paid once per
+        // ROWS_PER_INSERT entries instead of once per entry.
+        let mut chunks = entries.chunks_exact(ROWS_PER_INSERT);
         {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO journal (seq, account, idem_key, recorded_at, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(backend)?;
-            for entry in entries {
+            let mut insert = tx.prepare_cached(&insert_sql(ROWS_PER_INSERT)).map_err(backend)?;
+            for chunk in &mut chunks {
+                let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(ROWS_PER_INSERT * 5);
+                for entry in chunk {
+                    push_row(&mut values, entry)?;
+                }
+                insert.execute(rusqlite::params_from_iter(values)).map_err(backend)?;
+            }
+        }
+        {
+            let mut insert = tx.prepare_cached(&insert_sql(1)).map_err(backend)?;
+            for entry in chunks.remainder() {
                 let seq = i64::try_from(entry.seq).map_err(|_| JournalError::Backend("sequence overflow".into()))?;
                 insert
                     .execute(params![seq, entry.account, entry.key, nanos(entry)?, encode(entry)?])

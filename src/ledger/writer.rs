@@ -41,7 +41,14 @@ struct Job {
 enum Message {
     Command(Job),
     /// Store a snapshot now; answers how long it took.
-    Snapshot(oneshot::Sender<Result<std::time::Duration, LedgerError>>),
+    Snapshot(oneshot::Sender<Result<SnapshotTiming, LedgerError>>),
+}
+
+/// How long a snapshot held up the writer, and how long it took in all.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotTiming {
+    pub stall: std::time::Duration,
+    pub total: std::time::Duration,
 }
 
 /// Figures about commits, for metrics.
@@ -208,8 +215,9 @@ impl Ledger {
         numbers::authorize(acct, member, credits)
     }
 
-    /// Stores a snapshot now (between batches) and answers how long it took.
-    pub fn snapshot_blocking(&self) -> Result<std::time::Duration, LedgerError> {
+    /// Stores a snapshot now and answers how long the writer paused and
+    /// how long the whole snapshot took.
+    pub fn snapshot_blocking(&self) -> Result<SnapshotTiming, LedgerError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Message::Snapshot(reply))
@@ -246,6 +254,7 @@ fn run_writer(
     options: LedgerOptions,
 ) {
     let mut since_snapshot = 0u64;
+    let mut snapshotter: Option<JoinHandle<Result<std::time::Duration, JournalError>>> = None;
     let mut entries: Vec<JournalEntry> = Vec::new();
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut results = Vec::with_capacity(MAX_BATCH);
@@ -317,20 +326,52 @@ fn run_writer(
             }
         }
         entries.clear();
-        if since_snapshot >= options.snapshot_every || snapshot_request.is_some() {
+        if snapshotter.as_ref().is_some_and(|h| h.is_finished()) {
+            finish_snapshot(snapshotter.take());
+        }
+        let due = since_snapshot >= options.snapshot_every && snapshotter.is_none();
+        if due || snapshot_request.is_some() {
+            finish_snapshot(snapshotter.take());
+            since_snapshot = 0;
+            // The writer only pauses to copy the state; encoding and
+            // storing it happen on another thread and connection.
             let started = Instant::now();
-            let result = {
-                let state = shared.state.read().unwrap_or_else(|p| p.into_inner());
-                journal.save_snapshot(&state)
-            };
-            match &result {
-                Ok(()) => since_snapshot = 0,
-                Err(e) => tracing::warn!(error = %e, "snapshot failed; the journal alone still recovers"),
-            }
-            if let Some(reply) = snapshot_request {
-                let _ = reply.send(result.map(|()| started.elapsed()).map_err(LedgerError::from));
+            let copy = shared.state.read().unwrap_or_else(|p| p.into_inner()).clone();
+            let stall = started.elapsed();
+            let handle = journal.attach().map(|mut attached| {
+                std::thread::spawn(move || attached.save_snapshot(&copy).map(|()| started.elapsed()))
+            });
+            match (handle, snapshot_request) {
+                (Ok(handle), None) => snapshotter = Some(handle),
+                (Ok(handle), Some(reply)) => {
+                    let result = handle
+                        .join()
+                        .unwrap_or_else(|_| Err(JournalError::Backend("snapshot thread panicked".into())));
+                    let _ = reply.send(
+                        result
+                            .map(|total| SnapshotTiming { stall, total })
+                            .map_err(LedgerError::from),
+                    );
+                }
+                (Err(e), reply) => {
+                    tracing::warn!(error = %e, "cannot start a snapshot; the journal alone still recovers");
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
             }
         }
+    }
+    finish_snapshot(snapshotter.take());
+}
+
+/// Waits for a background snapshot and reports how it went.
+fn finish_snapshot(handle: Option<JoinHandle<Result<std::time::Duration, JournalError>>>) {
+    let Some(handle) = handle else { return };
+    match handle.join() {
+        Ok(Ok(took)) => tracing::info!(millis = took.as_millis() as u64, "snapshot stored"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "snapshot failed; the journal alone still recovers"),
+        Err(_) => tracing::error!("the snapshot thread panicked"),
     }
 }
 
