@@ -30,7 +30,7 @@ pub const MAX_BATCH: usize = 4096;
 /// Commands that may wait for the writer before callers are slowed down.
 const QUEUE_DEPTH: usize = 65_536;
 /// Entries between snapshots.
-pub const DEFAULT_SNAPSHOT_EVERY: u64 = 100_000;
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1_000_000;
 
 struct Job {
     command: Command,
