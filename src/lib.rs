@@ -21,5 +21,6 @@ pub mod crd;
 pub mod cycle;
 pub mod ledger;
 pub mod manifests;
+pub mod operator;
 pub mod standalone;
 pub mod validate;

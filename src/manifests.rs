@@ -88,6 +88,8 @@ pub struct Problem {
     pub object: String,
     pub field: String,
     pub message: String,
+    /// The ledger's error code when the ledger refused the object.
+    pub code: &'static str,
 }
 
 impl fmt::Display for Problem {
@@ -135,6 +137,7 @@ pub fn scan(dir: &Path) -> std::io::Result<Scan> {
                     object: "-".into(),
                     field: "-".into(),
                     message: format!("cannot read: {e}"),
+                    code: "",
                 });
                 scan.broken.push(file);
                 continue;
@@ -188,6 +191,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Object>, Vec<Problem>> 
         object,
         field: field.to_string(),
         message,
+        code: "",
     };
     for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = match serde_yaml::Value::deserialize(doc) {

@@ -33,6 +33,7 @@ fn problem(s: &Sourced, severity: Severity, field: &str, message: String) -> Pro
         object: format!("{}/{}", s.object.kind(), s.object.name()),
         field: field.to_string(),
         message,
+        code: "",
     }
 }
 

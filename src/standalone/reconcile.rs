@@ -54,15 +54,41 @@ impl Reconciler {
         let mut round = Round {
             ledger,
             report: &mut report,
+            scope: None,
+            approver: |_| MANIFEST_APPROVER.to_string(),
         };
         round.apply(&desired, removals_allowed).await;
         report
     }
 }
 
+/// States `desired` (the objects of one namespace when `scope` names it,
+/// of everything otherwise) to the ledger; `approver` names who decided a
+/// request whose `status.approval` is set.
+pub async fn apply_desired(
+    ledger: &Ledger,
+    desired: &[&Sourced],
+    removals_allowed: bool,
+    scope: Option<&str>,
+    approver: fn(&Sourced) -> String,
+) -> Report {
+    let mut report = Report::default();
+    let mut round = Round {
+        ledger,
+        report: &mut report,
+        scope: scope.map(str::to_string),
+        approver,
+    };
+    round.apply(desired, removals_allowed).await;
+    report
+}
+
 struct Round<'a> {
     ledger: &'a Ledger,
     report: &'a mut Report,
+    /// Only accounts of this namespace may be removed.
+    scope: Option<String>,
+    approver: fn(&Sourced) -> String,
 }
 
 fn account_id(namespace: &str, name: &str) -> String {
@@ -71,6 +97,7 @@ fn account_id(namespace: &str, name: &str) -> String {
 
 impl Round<'_> {
     fn problem(&mut self, s: &Sourced, severity: Severity, e: LedgerError) {
+        let code = e.code();
         let (field, message) = match e {
             LedgerError::InvalidField { field, message } => (field, message),
             other => ("-".to_string(), other.to_string()),
@@ -81,6 +108,7 @@ impl Round<'_> {
             object: format!("{}/{}", s.object.kind(), s.object.name()),
             field,
             message,
+            code,
         });
     }
 
@@ -247,7 +275,7 @@ impl Round<'_> {
                 uid,
                 verdict,
                 reason: approval.reason.clone().unwrap_or_default(),
-                by: MANIFEST_APPROVER.to_string(),
+                by: (self.approver)(s),
             };
             self.run(s, decide).await;
         }
@@ -305,7 +333,12 @@ impl Round<'_> {
         {
             let state = self.ledger.read();
             let serving: BTreeSet<&String> = accounts.values().collect();
-            for (id, account) in state.accounts.iter().filter(|(_, a)| a.active) {
+            let in_scope = |id: &str| {
+                self.scope
+                    .as_ref()
+                    .is_none_or(|ns| id.split('/').next() == Some(ns.as_str()))
+            };
+            for (id, account) in state.accounts.iter().filter(|(id, a)| a.active && in_scope(id)) {
                 if !serving.contains(id) {
                     commands.push(Command::RemoveAccount { account: id.clone() });
                     continue;

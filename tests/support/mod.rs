@@ -11,6 +11,8 @@ use credit_operator::ledger::*;
 use jiff::Timestamp;
 
 /// Environment variable naming the PostgreSQL server for tests.
+pub mod apiserver;
+
 pub const POSTGRES_ENV: &str = "CREDITS_TEST_POSTGRES_URL";
 
 /// A place for a journal that lives as long as the test.

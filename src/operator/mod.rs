@@ -1,0 +1,621 @@
+//! `credit-operator run`: the kube-runtime controller that reconciles the
+//! four custom resources against the ledger and publishes the numbers in
+//! their status.
+//!
+//! One reconcile per account states its whole namespace (account, groups,
+//! members, requests) to the ledger, level-triggered, with the same rules
+//! as standalone, then writes each status that changed with server-side
+//! apply under one field manager. Every account is requeued at its next
+//! cycle boundary and at least every `staleness`, so statuses follow usage
+//! recorded over the HTTP API; a token bucket bounds status writes however
+//! fast usage arrives.
+
+pub mod status;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use crate::crd::{CreditAccount, CreditGroup, CreditRequest, Decision, MemberAllocation, GROUP, VERSION};
+use crate::ledger::{Command, Ledger, LedgerError, Phase};
+use crate::manifests::{Object, Sourced};
+use crate::standalone::reconcile;
+
+/// The field manager of every status the operator writes.
+pub const FIELD_MANAGER: &str = "credit-operator";
+
+/// How the controller treats the API server.
+#[derive(Debug, Clone)]
+pub struct OperatorOptions {
+    /// A status is at most this far behind the ledger.
+    pub staleness: Duration,
+    /// Status writes per second, in total.
+    pub status_writes_per_second: f64,
+}
+
+impl Default for OperatorOptions {
+    fn default() -> Self {
+        OperatorOptions {
+            staleness: Duration::from_secs(10),
+            status_writes_per_second: 5.0,
+        }
+    }
+}
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+}
+
+/// A token bucket shared by every status write.
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate.max(1.0));
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Ctx {
+    client: Client,
+    ledger: Ledger,
+    accounts: Store<CreditAccount>,
+    groups: Store<CreditGroup>,
+    members: Store<MemberAllocation>,
+    requests: Store<CreditRequest>,
+    bucket: Mutex<Bucket>,
+    options: OperatorOptions,
+    recorder: Recorder,
+}
+
+/// Keeps watch events that matter: deletions, and changes whose
+/// predicate value moved (so the operator's own status writes, which
+/// move nothing, trigger nothing).
+fn changes<K>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    predicate: fn(&K) -> u64,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + Send + 'static,
+{
+    let seen: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    events.filter_map(move |event| {
+        let seen = seen.clone();
+        async move {
+            match event {
+                Err(e) => Some(Err(e)),
+                Ok(watcher::Event::Delete(o)) => {
+                    seen.lock().ok()?.remove(&o.meta().uid.clone().unwrap_or_default());
+                    Some(Ok(o))
+                }
+                Ok(watcher::Event::Apply(o)) | Ok(watcher::Event::InitApply(o)) => {
+                    let uid = o.meta().uid.clone().unwrap_or_default();
+                    let value = predicate(&o);
+                    let previous = seen.lock().ok()?.insert(uid, value);
+                    (previous != Some(value)).then_some(Ok(o))
+                }
+                Ok(_) => None,
+            }
+        }
+    })
+}
+
+fn hash_of(value: &impl Hash) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+fn by_generation<K: Resource>(o: &K) -> u64 {
+    hash_of(&(
+        o.meta().generation,
+        o.meta().annotations.as_ref().map(|a| a.iter().collect::<Vec<_>>()),
+    ))
+}
+
+fn request_predicate(r: &CreditRequest) -> u64 {
+    let approval = r
+        .status
+        .as_ref()
+        .and_then(|s| s.approval.as_ref())
+        .map(|a| serde_json::to_string(a).unwrap_or_default());
+    hash_of(&(r.meta().generation, approval))
+}
+
+fn reflect<K>(
+    client: &Client,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    (reader, stream)
+}
+
+/// Runs the controller until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    ledger: Ledger,
+    options: OperatorOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (groups, group_events) = reflect::<CreditGroup>(&client);
+    let (members, member_events) = reflect::<MemberAllocation>(&client);
+    let (requests, request_events) = reflect::<CreditRequest>(&client);
+    let (accounts, account_events) = reflect::<CreditAccount>(&client);
+    let accounts_stream = changes(account_events, by_generation::<CreditAccount>);
+
+    let to_accounts = |store: Store<CreditAccount>| {
+        move |o: &dyn ResourceNs| -> Vec<ObjectRef<CreditAccount>> {
+            let ns = o.ns();
+            store
+                .state()
+                .iter()
+                .filter(|a| a.namespace().as_deref() == Some(ns.as_str()))
+                .map(|a| ObjectRef::from_obj(a.as_ref()))
+                .collect()
+        }
+    };
+    let (for_groups, for_members, for_requests) = (
+        to_accounts(accounts.clone()),
+        to_accounts(accounts.clone()),
+        to_accounts(accounts.clone()),
+    );
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        ledger,
+        accounts: accounts.clone(),
+        groups,
+        members,
+        requests,
+        bucket: Mutex::new(Bucket {
+            tokens: options.status_writes_per_second.max(1.0),
+            rate: options.status_writes_per_second,
+            last: Instant::now(),
+        }),
+        options,
+        recorder,
+    });
+    Controller::for_stream(accounts_stream, accounts)
+        .watches_stream(changes(group_events, by_generation::<CreditGroup>), move |g| {
+            for_groups(&g)
+        })
+        .watches_stream(changes(member_events, by_generation::<MemberAllocation>), move |m| {
+            for_members(&m)
+        })
+        .watches_stream(changes(request_events, request_predicate), move |r| for_requests(&r))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile_account, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile did not finish");
+            }
+        })
+        .await;
+}
+
+/// The namespace of an object, for mapping children to their account.
+trait ResourceNs {
+    fn ns(&self) -> String;
+}
+
+impl<K: Resource> ResourceNs for K {
+    fn ns(&self) -> String {
+        self.meta().namespace.clone().unwrap_or_default()
+    }
+}
+
+fn error_policy(_: Arc<CreditAccount>, error: &Error, _: Arc<Ctx>) -> Action {
+    tracing::warn!(%error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+fn sourced(kind: &str, ns: &str, name: &str, position: usize, object: Object) -> Sourced {
+    Sourced {
+        file: PathBuf::from(format!("{kind}/{ns}/{name}")),
+        position,
+        object,
+    }
+}
+
+/// Who set a request's `status.approval`: the field manager that owns it.
+fn approver(s: &Sourced) -> String {
+    let Object::Request(r) = &s.object else {
+        return "unknown".into();
+    };
+    r.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() != Some(FIELD_MANAGER))
+        .find(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.get("f:status").and_then(|st| st.get("f:approval")).is_some())
+        })
+        .and_then(|m| m.manager.clone())
+        .unwrap_or_else(|| "status-patch".into())
+}
+
+async fn reconcile_account(account: Arc<CreditAccount>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let ns = account.namespace().unwrap_or_default();
+    let name = account.name_any();
+    // One active account per namespace: the oldest.
+    let oldest = ctx
+        .accounts
+        .state()
+        .into_iter()
+        .filter(|a| a.namespace().as_deref() == Some(ns.as_str()))
+        .min_by(|a, b| {
+            (a.metadata.creation_timestamp.as_ref().map(|t| t.0), a.name_any())
+                .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.name_any()))
+        });
+    if oldest.is_some_and(|o| o.name_any() != name) {
+        let now = ctx.ledger.clock().now();
+        let current = account
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let conditions = status::conditions(
+            vec![(
+                "Ready",
+                false,
+                "DuplicateAccount".into(),
+                format!("namespace {ns} already has an older account"),
+            )],
+            &current,
+            account.metadata.generation,
+            now,
+        );
+        let desired = json!({"observedGeneration": account.metadata.generation, "conditions": conditions});
+        write_status::<CreditAccount>(&ctx, &ns, &name, account.status.as_ref(), desired).await?;
+        return Ok(Action::await_change());
+    }
+
+    // State the namespace to the ledger.
+    let mut objects = vec![sourced(
+        "CreditAccount",
+        &ns,
+        &name,
+        0,
+        Object::Account((*account).clone()),
+    )];
+    let in_ns = |m: &kube::core::ObjectMeta| m.namespace.as_deref() == Some(ns.as_str());
+    for g in ctx.groups.state().into_iter().filter(|g| in_ns(&g.metadata)) {
+        objects.push(sourced(
+            "CreditGroup",
+            &ns,
+            &g.name_any(),
+            objects.len(),
+            Object::Group((*g).clone()),
+        ));
+    }
+    for m in ctx.members.state().into_iter().filter(|m| in_ns(&m.metadata)) {
+        objects.push(sourced(
+            "MemberAllocation",
+            &ns,
+            &m.name_any(),
+            objects.len(),
+            Object::Member((*m).clone()),
+        ));
+    }
+    let requests: Vec<Arc<CreditRequest>> = ctx
+        .requests
+        .state()
+        .into_iter()
+        .filter(|r| in_ns(&r.metadata))
+        .collect();
+    for r in &requests {
+        objects.push(sourced(
+            "CreditRequest",
+            &ns,
+            &r.name_any(),
+            objects.len(),
+            Object::Request((**r).clone()),
+        ));
+    }
+    let refs: Vec<&Sourced> = objects.iter().collect();
+    let report = reconcile::apply_desired(&ctx.ledger, &refs, true, Some(&ns), approver).await;
+    for p in &report.problems {
+        tracing::warn!("{p}");
+    }
+    let id = format!("{ns}/{name}");
+    ctx.ledger.catch_up(Some(&id)).await?;
+
+    let mut deferred = false;
+    let now = ctx.ledger.clock().now();
+    let (account_status, group_statuses, member_statuses, request_statuses, next_boundary) = {
+        let state = ctx.ledger.read();
+        let Some(acct) = state.account(&id).filter(|a| a.active) else {
+            return Ok(Action::requeue(ctx.options.staleness));
+        };
+        let conds =
+            |s: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>| s.cloned().unwrap_or_default();
+        let account_status = status::account(
+            acct,
+            account.metadata.generation,
+            &conds(account.status.as_ref().map(|s| &s.conditions)),
+            now,
+        );
+        let groups: Vec<(String, Option<crate::crd::CreditGroupStatus>, Value)> = ctx
+            .groups
+            .state()
+            .into_iter()
+            .filter(|g| in_ns(&g.metadata))
+            .filter_map(|g| {
+                let current = g.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+                let desired = status::group(acct, &g.name_any(), g.metadata.generation, &current, now)?;
+                Some((g.name_any(), g.status.clone(), serde_json::to_value(desired).ok()?))
+            })
+            .collect();
+        let members: Vec<(String, Option<crate::crd::MemberAllocationStatus>, Value)> = ctx
+            .members
+            .state()
+            .into_iter()
+            .filter(|m| in_ns(&m.metadata))
+            .filter_map(|m| {
+                let current = m.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+                let desired = status::member(
+                    acct,
+                    &m.name_any(),
+                    &m.spec.user.id,
+                    m.metadata.generation,
+                    &current,
+                    now,
+                );
+                Some((m.name_any(), m.status.clone(), serde_json::to_value(desired).ok()?))
+            })
+            .collect();
+        let problems: HashMap<String, (&'static str, String)> = report
+            .problems
+            .iter()
+            .filter_map(|p| {
+                p.object
+                    .strip_prefix("CreditRequest/")
+                    .map(|n| (n.to_string(), (p.code, p.message.clone())))
+            })
+            .collect();
+        let mut reqs = Vec::new();
+        for r in &requests {
+            let uid = r
+                .metadata
+                .uid
+                .clone()
+                .unwrap_or_else(|| format!("{ns}/{}", r.name_any()));
+            let Some(ledger_req) = acct.requests.get(&uid) else {
+                continue;
+            };
+            let approval = r.status.as_ref().and_then(|s| s.approval.as_ref());
+            let problem: Option<status::Cond> = match (problems.get(&r.name_any()), approval) {
+                (Some(("invalid_approval", m)), _) => {
+                    Some(("InvalidApproval", true, "InvalidApproval".into(), m.clone()))
+                }
+                (Some(("member_not_found", m)), _) => {
+                    Some(("MemberNotFound", true, "MemberNotFound".into(), m.clone()))
+                }
+                (_, Some(a)) if ledger_req.phase != Phase::Pending => {
+                    let consistent = match a.decision {
+                        Decision::Deny => ledger_req.phase == Phase::Denied,
+                        Decision::Approve => {
+                            ledger_req.phase == Phase::Approved
+                                && ledger_req.approved_credits == Some(a.credits.unwrap_or(ledger_req.credits))
+                        }
+                    };
+                    (!consistent).then(|| {
+                        (
+                            "DecisionIgnored",
+                            true,
+                            "AlreadyDecided".into(),
+                            format!(
+                                "the request was already {}; a decision is final",
+                                ledger_req.phase.as_str()
+                            ),
+                        )
+                    })
+                }
+                _ => None,
+            };
+            let current = r.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+            if let Some(desired) = status::request(acct, &uid, r.metadata.generation, problem, &current, now) {
+                reqs.push((r.clone(), desired));
+            }
+        }
+        (account_status, groups, members, reqs, acct.cycle.end)
+    };
+
+    // Events for what changed since the last published status.
+    let previous_cycle = account.status.as_ref().and_then(|s| s.cycle.as_ref()).map(|c| c.number);
+    if let (Some(before), Some(cycle)) = (previous_cycle, account_status.cycle.as_ref()) {
+        if cycle.number != before {
+            let why = account_status
+                .last_reset
+                .as_ref()
+                .map(|r| format!("{:?}", r.reason))
+                .unwrap_or_default();
+            publish(
+                &ctx,
+                &*account,
+                "CycleReset",
+                format!("cycle {} started ({why})", cycle.number),
+            )
+            .await;
+        }
+    }
+    let account_value = serde_json::to_value(&account_status).unwrap_or(Value::Null);
+    deferred |= !write_status::<CreditAccount>(&ctx, &ns, &name, account.status.as_ref(), account_value).await?;
+    for (g, current, desired) in group_statuses {
+        deferred |= !write_status::<CreditGroup>(&ctx, &ns, &g, current.as_ref(), desired).await?;
+    }
+    for (m, current, desired) in member_statuses {
+        deferred |= !write_status::<MemberAllocation>(&ctx, &ns, &m, current.as_ref(), desired).await?;
+    }
+    for (r, desired) in request_statuses {
+        let before = r.status.as_ref().and_then(|s| s.phase);
+        let written =
+            write_status::<CreditRequest>(&ctx, &ns, &r.name_any(), r.status.as_ref(), desired.clone()).await?;
+        deferred |= !written;
+        let after = desired["phase"].as_str().unwrap_or_default();
+        let was = before.map(|p| format!("{p:?}")).unwrap_or_else(|| "Pending".into());
+        if written && after != "Pending" && was != after {
+            let by = desired["decidedBy"].as_str().unwrap_or_default().to_string();
+            publish(
+                &ctx,
+                &*r,
+                after,
+                format!(
+                    "{after} by {by}: {} credits",
+                    desired["approvedCredits"].as_str().unwrap_or("0")
+                ),
+            )
+            .await;
+        }
+    }
+
+    let until_boundary = (next_boundary.as_second() - now.as_second()).max(0) as u64 + 1;
+    let wait = if deferred {
+        Duration::from_secs(1)
+    } else {
+        ctx.options.staleness.min(Duration::from_secs(until_boundary))
+    };
+    Ok(Action::requeue(wait))
+}
+
+/// Applies `desired` as the object's status when it differs from `current`
+/// (condition timestamps and `approval` aside). False when the write was
+/// held back by the rate limit.
+async fn write_status<K>(
+    ctx: &Ctx,
+    ns: &str,
+    name: &str,
+    current: Option<&impl serde::Serialize>,
+    desired: Value,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let comparable = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("approval");
+            o.retain(|_, x| !x.is_null());
+            if let Some(conds) = o.get_mut("conditions").and_then(|c| c.as_array_mut()) {
+                for c in conds {
+                    if let Some(c) = c.as_object_mut() {
+                        c.remove("lastTransitionTime");
+                    }
+                }
+            }
+        }
+        v
+    };
+    let current = current
+        .and_then(|c| serde_json::to_value(c).ok())
+        .unwrap_or(Value::Null);
+    if comparable(&current) == comparable(&desired) {
+        return Ok(true);
+    }
+    if !ctx.bucket.lock().map(|mut b| b.take()).unwrap_or(false) {
+        return Ok(false);
+    }
+    let mut status = desired;
+    if let Some(o) = status.as_object_mut() {
+        o.retain(|_, x| !x.is_null());
+    }
+    let patch = json!({
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    match api
+        .patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        // Deleted meanwhile: nothing to publish.
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn publish<K: Resource<DynamicType = ()>>(ctx: &Ctx, object: &K, reason: &str, note: String) {
+    let event = KubeEvent {
+        type_: EventType::Normal,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: reason.to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "cannot publish an event");
+    }
+}
+
+/// Applies the removal of accounts deleted from the cluster: a deleted
+/// account is never reconciled again, so a sweep compares the two.
+pub async fn sweep_deleted_accounts(client: &Client, ledger: &Ledger) -> Result<(), Error> {
+    let listed = Api::<CreditAccount>::all(client.clone())
+        .list(&Default::default())
+        .await?;
+    let present: std::collections::BTreeSet<String> = listed
+        .items
+        .iter()
+        .map(|a| format!("{}/{}", a.namespace().unwrap_or_default(), a.name_any()))
+        .collect();
+    let stale: Vec<String> = ledger
+        .read()
+        .accounts
+        .iter()
+        .filter(|(id, a)| a.active && !present.contains(*id))
+        .map(|(id, _)| id.clone())
+        .collect();
+    for account in stale {
+        ledger.execute(Command::RemoveAccount { account }).await?;
+    }
+    Ok(())
+}
