@@ -20,6 +20,33 @@ struct Cli {
 enum Cmd {
     /// Print the four CustomResourceDefinitions as YAML (what crds/ holds).
     Crd,
+    /// Run the operator: reconcile the custom resources against the ledger
+    /// and serve the HTTP API (in a cluster, or with a kubeconfig).
+    Run {
+        /// The ledger: sqlite://PATH or postgres://…
+        #[arg(
+            long,
+            default_value = "sqlite:///var/lib/credit-operator/credits.db",
+            env = "CREDITS_LEDGER"
+        )]
+        ledger: String,
+        /// Address of the HTTP API. Without --token-file only loopback
+        /// addresses are allowed.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Bearer tokens, one `TOKEN ROLE [NAME]` per line.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// A status is at most this many seconds behind the ledger.
+        #[arg(long, default_value = "10")]
+        status_staleness_seconds: u64,
+        /// Status writes per second, in total, however fast usage arrives.
+        #[arg(long, default_value = "5")]
+        status_writes_per_second: f64,
+        /// Apply the CRDs at start-up (needs RBAC on customresourcedefinitions).
+        #[arg(long)]
+        apply_crds: bool,
+    },
     /// Run without a cluster: manifests from a folder, an embedded ledger,
     /// the HTTP API.
     Standalone {
@@ -103,6 +130,54 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Validate { dir, strict } => validate(&dir, strict),
+        Cmd::Run {
+            ledger,
+            listen,
+            token_file,
+            status_staleness_seconds,
+            status_writes_per_second,
+            apply_crds,
+        } => {
+            init_tracing();
+            let tokens = match token_file
+                .map(|f| credit_operator::api::auth::Tokens::load(&f))
+                .transpose()
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: --token-file {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if !(status_writes_per_second > 0.0) || status_staleness_seconds == 0 {
+                eprintln!("error: --status-writes-per-second and --status-staleness-seconds must be more than 0");
+                return ExitCode::from(2);
+            }
+            let options = credit_operator::operator::run::RunOptions {
+                ledger,
+                listen,
+                tokens,
+                operator: credit_operator::operator::OperatorOptions {
+                    staleness: Duration::from_secs(status_staleness_seconds),
+                    status_writes_per_second,
+                },
+                apply_crds,
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(credit_operator::operator::run::run(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Bench {
             backend,
             postgres_url,

@@ -10,6 +10,7 @@
 //! recorded over the HTTP API; a token bucket bounds status writes however
 //! fast usage arrives.
 
+pub mod run;
 pub mod status;
 
 use std::collections::HashMap;
@@ -363,6 +364,7 @@ async fn reconcile_account(account: Arc<CreditAccount>, ctx: Arc<Ctx>) -> Result
     }
     let id = format!("{ns}/{name}");
     ctx.ledger.catch_up(Some(&id)).await?;
+    ensure_default_group(&ctx, &ns, &id, &account.spec.default_group).await?;
 
     let mut deferred = false;
     let now = ctx.ledger.clock().now();
@@ -596,6 +598,46 @@ async fn publish<K: Resource<DynamicType = ()>>(ctx: &Ctx, object: &K, reason: &
     }
 }
 
+/// Creates the account's default CreditGroup when the cluster has none,
+/// with the settings the ledger gave it (the credits unallocated at that
+/// moment). The operator never touches its spec afterwards.
+async fn ensure_default_group(ctx: &Ctx, ns: &str, account: &str, name: &str) -> Result<(), Error> {
+    let exists = ctx
+        .groups
+        .state()
+        .iter()
+        .any(|g| g.namespace().as_deref() == Some(ns) && g.name_any() == name);
+    if exists {
+        return Ok(());
+    }
+    let settings = ctx
+        .ledger
+        .read()
+        .account(account)
+        .and_then(|a| a.groups.get(name))
+        .map(|g| g.settings.clone());
+    let Some(settings) = settings else { return Ok(()) };
+    let group = CreditGroup::new(
+        name,
+        crate::crd::CreditGroupSpec {
+            monthly_credits: settings.monthly_credits,
+            extra_credits: settings.extra_credits,
+            auto_approve_reserve: settings.auto_approve_reserve,
+        },
+    );
+    match Api::<CreditGroup>::namespaced(ctx.client.clone(), ns)
+        .create(&Default::default(), &group)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(namespace = ns, group = name, "created the default group");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Applies the removal of accounts deleted from the cluster: a deleted
 /// account is never reconciled again, so a sweep compares the two.
 pub async fn sweep_deleted_accounts(client: &Client, ledger: &Ledger) -> Result<(), Error> {
@@ -618,4 +660,54 @@ pub async fn sweep_deleted_accounts(client: &Client, ledger: &Ledger) -> Result<
         ledger.execute(Command::RemoveAccount { account }).await?;
     }
     Ok(())
+}
+
+/// Enrolment in the cluster creates a MemberAllocation (and applies it to
+/// the ledger at once, which the next reconcile repeats harmlessly).
+pub struct ClusterDirectory {
+    pub client: Client,
+    pub ledger: Ledger,
+}
+
+impl crate::api::Directory for ClusterDirectory {
+    fn enrol<'a>(
+        &'a self,
+        account: &'a str,
+        member: crate::ledger::MemberSpec,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), crate::api::error::ApiError>> + Send + 'a>> {
+        Box::pin(async move {
+            let ns = account.split('/').next().unwrap_or("default");
+            let object = MemberAllocation::new(
+                &member.name,
+                crate::crd::MemberAllocationSpec {
+                    group: member.group.clone(),
+                    user: crate::crd::UserRef {
+                        id: member.user_id.clone(),
+                        email: member.email.clone(),
+                        name: member.display_name.clone(),
+                    },
+                    monthly_credits: None,
+                    extra_credits: crate::amount::Amount::ZERO,
+                },
+            );
+            let unavailable = |e: kube::Error| {
+                crate::api::error::ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "kubernetes_unavailable",
+                    format!("cannot create MemberAllocation {}: {e}", member.name),
+                )
+            };
+            Api::<MemberAllocation>::namespaced(self.client.clone(), ns)
+                .create(&Default::default(), &object)
+                .await
+                .map_err(unavailable)?;
+            self.ledger
+                .execute(Command::ApplyMember {
+                    account: account.to_string(),
+                    member,
+                })
+                .await?;
+            Ok(())
+        })
+    }
 }

@@ -284,11 +284,19 @@ impl FakeApi {
             _ => serde_json::from_value::<credit_operator::crd::CreditRequest>(object.clone()).err(),
         };
         if let Some(e) = typed {
-            return Err(Box::new(status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string())));
+            return Err(Box::new(status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                e.to_string(),
+            )));
         }
         let errors = credit_operator::crd::check_cel_rules(kind, object, old);
         if !errors.is_empty() {
-            return Err(Box::new(status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", errors.join("; "))));
+            return Err(Box::new(status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                errors.join("; "),
+            )));
         }
         Ok(())
     }
