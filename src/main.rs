@@ -149,7 +149,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if !(status_writes_per_second > 0.0) || status_staleness_seconds == 0 {
+            if !status_writes_per_second.is_finite() || status_writes_per_second <= 0.0 || status_staleness_seconds == 0
+            {
                 eprintln!("error: --status-writes-per-second and --status-staleness-seconds must be more than 0");
                 return ExitCode::from(2);
             }
