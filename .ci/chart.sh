@@ -17,7 +17,10 @@ chart=charts/credit-operator
 "$helm" template co "$chart" --namespace credits --include-crds > "$work/sqlite.yaml"
 "$helm" template co "$chart" --namespace credits --include-crds \
     --set ledger.type=postgres --set ledger.postgres.secretName=credits-ledger > "$work/postgres.yaml"
-kubernetes-validate --strict --quiet -k 1.33 "$work/sqlite.yaml" "$work/postgres.yaml"
+"$helm" template co "$chart" --namespace credits --set ledger.type=postgres \
+    --set ledger.postgres.secretName=credits-ledger --set leaderElection.enabled=true --set replicaCount=3 > "$work/ha.yaml"
+grep -q -- '--leader-election' "$work/ha.yaml"
+kubernetes-validate --strict --quiet -k 1.33 "$work/sqlite.yaml" "$work/postgres.yaml" "$work/ha.yaml"
 if "$helm" template co "$chart" --set replicaCount=2 > /dev/null 2>&1; then
     echo "the chart must refuse two replicas on SQLite" >&2
     exit 1

@@ -46,6 +46,16 @@ enum Cmd {
         /// Apply the CRDs at start-up (needs RBAC on customresourcedefinitions).
         #[arg(long)]
         apply_crds: bool,
+        /// Compete for a Lease before writing (several replicas on
+        /// PostgreSQL). Needs POD_NAME and POD_NAMESPACE.
+        #[arg(long)]
+        leader_election: bool,
+        /// Name of the Lease.
+        #[arg(long, default_value = "credit-operator-leader")]
+        lease_name: String,
+        /// Seconds a Lease lasts without renewal.
+        #[arg(long, default_value = "15")]
+        lease_seconds: u64,
     },
     /// Run without a cluster: manifests from a folder, an embedded ledger,
     /// the HTTP API.
@@ -137,6 +147,9 @@ fn main() -> ExitCode {
             status_staleness_seconds,
             status_writes_per_second,
             apply_crds,
+            leader_election,
+            lease_name,
+            lease_seconds,
         } => {
             init_tracing();
             let tokens = match token_file
@@ -163,7 +176,21 @@ fn main() -> ExitCode {
                     status_writes_per_second,
                 },
                 apply_crds,
+                leader_election: None,
             };
+            let mut options = options;
+            if leader_election {
+                let (Ok(pod), Ok(namespace)) = (std::env::var("POD_NAME"), std::env::var("POD_NAMESPACE")) else {
+                    eprintln!("error: --leader-election needs POD_NAME and POD_NAMESPACE (the chart sets them)");
+                    return ExitCode::from(2);
+                };
+                options.leader_election = Some(credit_operator::operator::run::LeaderElection {
+                    namespace,
+                    lease: lease_name,
+                    pod,
+                    duration: Duration::from_secs(lease_seconds.max(3)),
+                });
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {

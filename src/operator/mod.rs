@@ -10,6 +10,7 @@
 //! recorded over the HTTP API; a token bucket bounds status writes however
 //! fast usage arrives.
 
+pub mod lease;
 pub mod run;
 pub mod status;
 

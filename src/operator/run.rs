@@ -7,6 +7,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 
+use super::lease::{label_pod, Elector};
 use super::{ClusterDirectory, OperatorOptions, FIELD_MANAGER};
 use crate::api::{self, AppState, Metrics};
 use crate::clock::SystemClock;
@@ -21,6 +22,17 @@ pub struct RunOptions {
     pub operator: OperatorOptions,
     /// Apply the CRDs at start-up (Helm never upgrades `crds/`).
     pub apply_crds: bool,
+    /// Compete for a Lease before writing (several replicas on PostgreSQL).
+    pub leader_election: Option<LeaderElection>,
+}
+
+/// Where the Lease is and who this replica is.
+pub struct LeaderElection {
+    pub namespace: String,
+    pub lease: String,
+    /// This pod's name: the Lease holder identity and the pod to label.
+    pub pod: String,
+    pub duration: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,12 +62,94 @@ pub async fn apply_crds(client: &Client) -> Result<(), kube::Error> {
     Ok(())
 }
 
-/// Runs until SIGINT or SIGTERM.
+/// Probes for a standby: healthy, and not the one to route to.
+fn standby_router() -> axum::Router {
+    use axum::routing::get;
+    let ok = || async { axum::Json(serde_json::json!({"status": "standby"})) };
+    axum::Router::new().route("/healthz", get(ok)).route("/readyz", get(ok))
+}
+
+/// Serves probes until this replica holds the Lease; false when asked to
+/// stop first.
+async fn wait_for_leadership(
+    elector: &Elector,
+    listen: SocketAddr,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<bool, RunError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| RunError::Listen(listen, e))?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, standby_router())
+            .with_graceful_shutdown(async move {
+                let _ = done_rx.await;
+            })
+            .await
+    });
+    let leader = loop {
+        match elector.try_acquire(jiff::Timestamp::now()).await {
+            Ok(true) => break true,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot reach the Lease"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(elector.renew_every()) => {}
+            _ = stop.changed() => break false,
+        }
+    };
+    let _ = done_tx.send(());
+    let _ = server.await;
+    Ok(leader)
+}
+
+/// Runs until SIGINT or SIGTERM (or, with leader election, until the
+/// Lease is lost).
 pub async fn run(options: RunOptions) -> Result<(), RunError> {
     if options.tokens.is_none() && !options.listen.ip().is_loopback() {
         return Err(RunError::NotLoopback(options.listen));
     }
     let client = Client::try_default().await?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            crate::standalone::shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+    }
+    let elector = options
+        .leader_election
+        .as_ref()
+        .map(|le| Elector::new(client.clone(), &le.namespace, &le.lease, &le.pod, le.duration));
+    if let Some(elector) = &elector {
+        tracing::info!(identity = elector.identity(), "waiting for the lease");
+        if !wait_for_leadership(elector, options.listen, &mut stop_rx).await? {
+            return Ok(());
+        }
+        tracing::info!(identity = elector.identity(), "holding the lease: this replica writes");
+        let le = options.leader_election.as_ref().expect("set with the elector");
+        if let Err(e) = label_pod(client.clone(), &le.namespace, &le.pod, true).await {
+            tracing::warn!(error = %e, "cannot label this pod as the leader");
+        }
+    }
+    let result = serve(&client, options, stop_tx.clone(), stop_rx, elector.as_ref()).await;
+    if let Some(elector) = &elector {
+        if let Err(e) = elector.release().await {
+            tracing::warn!(error = %e, "cannot hand the lease back; it expires by itself");
+        }
+    }
+    result
+}
+
+async fn serve(
+    client: &Client,
+    options: RunOptions,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    stop_rx: tokio::sync::watch::Receiver<bool>,
+    elector: Option<&Elector>,
+) -> Result<(), RunError> {
+    let client = client.clone();
     if options.apply_crds {
         apply_crds(&client).await?;
     }
@@ -69,7 +163,6 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         .await
         .map_err(|e| RunError::Serve(std::io::Error::other(e)))??;
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let controller = {
         let (client, ledger, operator, mut stop) = (
             client.clone(),
@@ -106,9 +199,38 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
             ledger: ledger.clone(),
         }),
     };
-    let served = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(crate::standalone::shutdown_signal())
-        .await;
+    let mut server_stop = stop_rx.clone();
+    let served = async {
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.changed().await;
+            })
+            .await
+    };
+    // The holder keeps renewing; a lost Lease stops this writer.
+    let renew = async {
+        let Some(elector) = elector else {
+            return std::future::pending::<()>().await;
+        };
+        loop {
+            tokio::time::sleep(elector.renew_every()).await;
+            match elector.try_acquire(jiff::Timestamp::now()).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::error!("lost the lease: another replica writes now; stopping");
+                    let _ = stop_tx.send(true);
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot renew the lease"),
+            }
+        }
+    };
+    tokio::pin!(served);
+    let served = tokio::select! {
+        served = &mut served => served,
+        // Lost the lease: stop accepting work, let answers in flight finish.
+        _ = renew => served.await,
+    };
     let _ = stop_tx.send(true);
     sweeper.abort();
     let _ = controller.await;

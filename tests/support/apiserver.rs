@@ -54,6 +54,8 @@ fn kind_of(plural: &str) -> Option<&'static str> {
         "memberallocations" => "MemberAllocation",
         "creditrequests" => "CreditRequest",
         "events" => "Event",
+        "leases" => "Lease",
+        "pods" => "Pod",
         _ => return None,
     })
 }
@@ -272,7 +274,7 @@ impl FakeApi {
         let Some(kind) = kind_of(&target.plural) else {
             return Ok(());
         };
-        if kind == "Event" {
+        if matches!(kind, "Event" | "Lease" | "Pod") {
             return Ok(());
         }
         let typed = match kind {
@@ -313,7 +315,7 @@ impl FakeApi {
         if store.objects.contains_key(&key) {
             return status(StatusCode::CONFLICT, "AlreadyExists", format!("{name} already exists"));
         }
-        if kind_of(&target.plural) != Some("Event") {
+        if !matches!(kind_of(&target.plural), Some("Event" | "Lease")) {
             if let Some(o) = object.as_object_mut() {
                 o.remove("status");
             }
@@ -395,7 +397,7 @@ impl FakeApi {
             new = old.clone();
             new["status"] = status_value;
             *store.status_writes.entry(key.clone()).or_default() += 1;
-        } else if kind_of(&target.plural) != Some("Event") {
+        } else if !matches!(kind_of(&target.plural), Some("Event" | "Lease" | "Pod")) {
             new["status"] = old["status"].clone();
             if new["status"].is_null() {
                 if let Some(o) = new.as_object_mut() {
