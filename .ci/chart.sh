@@ -15,8 +15,10 @@ python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
 chart=charts/credit-operator
 "$helm" lint "$chart"
 "$helm" template co "$chart" --namespace credits --include-crds > "$work/sqlite.yaml"
-"$helm" template co "$chart" --namespace credits --include-crds \
+"$helm" template co "$chart" --namespace credits --include-crds --set api.auth=tokens \
     --set ledger.type=postgres --set ledger.postgres.secretName=credits-ledger > "$work/postgres.yaml"
+grep -q -- '--kubernetes-auth' "$work/sqlite.yaml"
+grep -q -- '--token-file' "$work/postgres.yaml"
 "$helm" template co "$chart" --namespace credits --set ledger.type=postgres \
     --set ledger.postgres.secretName=credits-ledger --set leaderElection.enabled=true --set replicaCount=3 > "$work/ha.yaml"
 grep -q -- '--leader-election' "$work/ha.yaml"

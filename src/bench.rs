@@ -274,7 +274,7 @@ fn http(ledger: &Ledger, options: &BenchOptions) -> Result<(u64, u64, f64, f64),
         .map_err(io)?;
     let state = AppState {
         ledger: ledger.clone(),
-        tokens: None,
+        auth: Arc::new(api::auth::Auth::Local),
         metrics: Metrics::default(),
         directory: Arc::new(NoDirectory),
     };

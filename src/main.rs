@@ -35,8 +35,12 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// Bearer tokens, one `TOKEN ROLE [NAME]` per line.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "kubernetes_auth")]
         token_file: Option<PathBuf>,
+        /// Authenticate callers with Kubernetes TokenReview and authorise
+        /// them with SubjectAccessReview against the custom resources.
+        #[arg(long)]
+        kubernetes_auth: bool,
         /// A status is at most this many seconds behind the ledger.
         #[arg(long, default_value = "10")]
         status_staleness_seconds: u64,
@@ -150,6 +154,7 @@ fn main() -> ExitCode {
             leader_election,
             lease_name,
             lease_seconds,
+            kubernetes_auth,
         } => {
             init_tracing();
             let tokens = match token_file
@@ -171,6 +176,7 @@ fn main() -> ExitCode {
                 ledger,
                 listen,
                 tokens,
+                kubernetes_auth,
                 operator: credit_operator::operator::OperatorOptions {
                     staleness: Duration::from_secs(status_staleness_seconds),
                     status_writes_per_second,

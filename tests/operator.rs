@@ -460,3 +460,144 @@ async fn two_replicas_never_both_hold_the_lease_and_a_graceful_stop_hands_it_bac
     assert!(matches!(err, LedgerError::Fenced(_)), "{err}");
     assert!(second.read().accounts["team/acme"].active);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_cluster_api_authenticates_with_tokenreview_and_authorises_with_rbac() {
+    use credit_operator::api::{self, auth::Auth, kube_auth::KubeAuth, AppState, Metrics};
+    let api = FakeApi::new();
+    api.add_user("gw-token", "system:serviceaccount:gateways:router");
+    api.add_user("lead-token", "lead@example.com");
+    api.add_user("nobody-token", "nobody@example.com");
+    api.grant("system:serviceaccount:gateways:router", "use", "creditaccounts", NS);
+    api.grant("lead@example.com", "patch", "creditrequests/status", NS);
+    api.grant("lead@example.com", "get", "creditaccounts", NS);
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("credits.db").display());
+    let ledger = Ledger::open(&url, Arc::new(ManualClock::new(t("2026-11-26T10:00:00Z")))).unwrap();
+    let account = || "team/acme".to_string();
+    let settings = AccountSettings::new(amt("10000"), "CalendarMonth", "UTC", amt("1"), amt("0"), "default").unwrap();
+    ledger
+        .execute(Command::ApplyAccount {
+            account: account(),
+            settings,
+        })
+        .await
+        .unwrap();
+    ledger
+        .execute(Command::ApplyGroup {
+            account: account(),
+            name: "default".into(),
+            settings: GroupSettings::new(amt("5000"), amt("0"), amt("0")).unwrap(),
+        })
+        .await
+        .unwrap();
+    let member = MemberSpec {
+        name: "bob".into(),
+        user_id: "u-bob".into(),
+        email: String::new(),
+        display_name: String::new(),
+        group: None,
+        monthly_credits: Some(amt("100")),
+        extra_credits: amt("0"),
+    };
+    ledger
+        .execute(Command::ApplyMember {
+            account: account(),
+            member,
+        })
+        .await
+        .unwrap();
+    ledger
+        .execute(Command::SubmitRequest {
+            account: account(),
+            uid: "u1".into(),
+            name: "more".into(),
+            member: "bob".into(),
+            credits: amt("50"),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+
+    let state = AppState {
+        ledger: ledger.clone(),
+        auth: Arc::new(Auth::Kubernetes(KubeAuth::new(api.client()))),
+        metrics: Metrics::default(),
+        directory: Arc::new(operator::ClusterDirectory {
+            client: api.client(),
+            ledger: ledger.clone(),
+        }),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!(
+        "http://{}/v1/namespaces/{NS}/accounts/acme",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
+
+    let call = move |method: &'static str, path: &'static str, token: Option<&'static str>, body: Value| {
+        let url = format!("{base}{path}");
+        tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+            let auth = token.map(|t| format!("Bearer {t}")).unwrap_or_default();
+            let mut response = match method {
+                "GET" => agent.get(&url).header("authorization", &auth).call(),
+                _ => agent.post(&url).header("authorization", &auth).send_json(body),
+            }
+            .unwrap();
+            let status = response.status().as_u16();
+            (status, response.body_mut().read_json::<Value>().unwrap_or(Value::Null))
+        })
+    };
+    let usage = json!({"member": "u-bob", "credits": 5, "idempotencyKey": "e1"});
+    assert_eq!(call("POST", "/usage", None, usage.clone()).await.unwrap().0, 401);
+    assert_eq!(
+        call("POST", "/usage", Some("forged"), usage.clone()).await.unwrap().0,
+        401
+    );
+    assert_eq!(
+        call("POST", "/usage", Some("gw-token"), usage.clone()).await.unwrap().0,
+        200,
+        "use on the account"
+    );
+    assert_eq!(
+        call("GET", "/overview", Some("gw-token"), Value::Null).await.unwrap().0,
+        403,
+        "no get on the account"
+    );
+    assert_eq!(
+        call("GET", "/overview", Some("lead-token"), Value::Null)
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    let (status, refused) = call("POST", "/requests/more/approve", Some("nobody-token"), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("patch creditrequests/status"),
+        "{refused}"
+    );
+    let (status, approved) = call(
+        "POST",
+        "/requests/more/approve",
+        Some("lead-token"),
+        json!({"credits": "30"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            status,
+            approved["decidedBy"].as_str(),
+            approved["approvedCredits"].as_str()
+        ),
+        (200, Some("lead@example.com"), Some("30"))
+    );
+}

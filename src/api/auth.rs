@@ -87,38 +87,97 @@ fn is_public(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json")
 }
 
+/// How callers are authenticated.
+pub enum Auth {
+    /// No tokens: loopback only, every caller is a local admin.
+    Local,
+    /// Bearer tokens from a file, with gateway and admin roles.
+    Tokens(Tokens),
+    /// Kubernetes bearer tokens, authorised against the custom resources.
+    Kubernetes(super::kube_auth::KubeAuth),
+}
+
+fn unauthorized() -> Response {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "a valid bearer token is required",
+    )
+    .into_response()
+}
+
+fn bearer(request: &Request) -> Option<String> {
+    request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
+}
+
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
-    let caller = match &state.tokens {
-        None => Caller {
+    let caller = match &*state.auth {
+        Auth::Local => Caller {
             name: "local".into(),
             role: Role::Admin,
         },
-        Some(_) if is_public(&path) => Caller {
+        _ if is_public(&path) => Caller {
             name: "anonymous".into(),
             role: Role::Gateway,
         },
-        Some(tokens) => {
-            let header = request
-                .headers()
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
-            let Some(caller) = header
-                .and_then(|h| h.strip_prefix("Bearer "))
-                .and_then(|t| tokens.0.get(t.trim()))
-            else {
-                return ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "a valid bearer token is required",
-                )
-                .into_response();
+        Auth::Tokens(tokens) => {
+            let Some(caller) = bearer(&request).and_then(|t| tokens.0.get(&t).cloned()) else {
+                return unauthorized();
             };
             if caller.role == Role::Gateway && !gateway_may(request.method(), &path) {
                 return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this call needs an admin token")
                     .into_response();
             }
-            caller.clone()
+            caller
+        }
+        Auth::Kubernetes(kube_auth) => {
+            let unavailable = |e: kube::Error| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "kubernetes_unavailable",
+                    format!("cannot check the caller: {e}"),
+                )
+                .into_response()
+            };
+            let Some(token) = bearer(&request) else {
+                return unauthorized();
+            };
+            let user = match kube_auth.authenticate(&token).await {
+                Ok(Some(user)) => user,
+                Ok(None) => return unauthorized(),
+                Err(e) => return unavailable(e),
+            };
+            if let Some(attributes) = super::kube_auth::attributes(request.method(), &path) {
+                match kube_auth.authorize(&user, &attributes).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let what = format!(
+                            "{} may not {} {}{} in namespace {}",
+                            user.username,
+                            attributes.verb,
+                            attributes.resource,
+                            if attributes.subresource.is_empty() {
+                                String::new()
+                            } else {
+                                format!("/{}", attributes.subresource)
+                            },
+                            attributes.namespace
+                        );
+                        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", what).into_response();
+                    }
+                    Err(e) => return unavailable(e),
+                }
+            }
+            Caller {
+                name: user.username,
+                role: Role::Admin,
+            }
         }
     };
     request.extensions_mut().insert(caller);

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod dto;
 pub mod error;
+pub mod kube_auth;
 pub mod metrics;
 mod openapi;
 
@@ -29,7 +30,7 @@ use serde::de::DeserializeOwned;
 use crate::amount::Amount;
 use crate::ledger::state::{Account, Member};
 use crate::ledger::{numbers, Charge, Command, Ledger, LedgerError, MemberSpec, Outcome, Phase, Verdict};
-use auth::{Caller, Tokens};
+use auth::Caller;
 use dto::*;
 use error::ApiError;
 pub use metrics::Metrics;
@@ -49,7 +50,7 @@ pub trait Directory: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct AppState {
     pub ledger: Ledger,
-    pub tokens: Option<Arc<Tokens>>,
+    pub auth: Arc<auth::Auth>,
     pub metrics: Metrics,
     pub directory: Arc<dyn Directory>,
 }

@@ -18,7 +18,11 @@ use crate::ledger::Ledger;
 pub struct RunOptions {
     pub ledger: String,
     pub listen: SocketAddr,
+    /// Bearer tokens from a file; `None` uses Kubernetes TokenReview and
+    /// SubjectAccessReview.
     pub tokens: Option<api::auth::Tokens>,
+    /// Without tokens, authenticate with Kubernetes (else loopback only).
+    pub kubernetes_auth: bool,
     pub operator: OperatorOptions,
     /// Apply the CRDs at start-up (Helm never upgrades `crds/`).
     pub apply_crds: bool,
@@ -37,7 +41,7 @@ pub struct LeaderElection {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("refusing to listen on {0} without --token-file: without tokens the API serves loopback only")]
+    #[error("refusing to listen on {0} without --token-file or --kubernetes-auth: the API would serve anyone")]
     NotLoopback(SocketAddr),
     #[error("kubernetes: {0}")]
     Kube(#[from] kube::Error),
@@ -106,7 +110,7 @@ async fn wait_for_leadership(
 /// Runs until SIGINT or SIGTERM (or, with leader election, until the
 /// Lease is lost).
 pub async fn run(options: RunOptions) -> Result<(), RunError> {
-    if options.tokens.is_none() && !options.listen.ip().is_loopback() {
+    if options.tokens.is_none() && !options.kubernetes_auth && !options.listen.ip().is_loopback() {
         return Err(RunError::NotLoopback(options.listen));
     }
     let client = Client::try_default().await?;
@@ -192,7 +196,13 @@ async fn serve(
     tracing::info!(address = %options.listen, backend = ledger.backend(), "credit-operator running");
     let state = AppState {
         ledger: ledger.clone(),
-        tokens: options.tokens.map(Arc::new),
+        auth: Arc::new(match options.tokens {
+            Some(tokens) => api::auth::Auth::Tokens(tokens),
+            None if options.kubernetes_auth => {
+                api::auth::Auth::Kubernetes(api::kube_auth::KubeAuth::new(client.clone()))
+            }
+            None => api::auth::Auth::Local,
+        }),
         metrics,
         directory: Arc::new(ClusterDirectory {
             client,

@@ -198,7 +198,7 @@ pub async fn run(options: Options) -> Result<(), StartError> {
 
     let state = AppState {
         ledger: ledger.clone(),
-        tokens: options.tokens.map(Arc::new),
+        auth: Arc::new(options.tokens.map_or(api::auth::Auth::Local, api::auth::Auth::Tokens)),
         metrics,
         directory: Arc::new(FolderDirectory(folder)),
     };

@@ -20,6 +20,10 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 type Key = (String, String, String); // (group/version/plural, namespace, name)
+/// (username, groups) of a bearer token.
+type Identity = (String, Vec<String>);
+/// (username, verb, resource[/subresource], namespace).
+type Grant = (String, String, String, String);
 
 #[derive(Clone, Debug)]
 struct Change {
@@ -45,6 +49,11 @@ struct Store {
 pub struct FakeApi {
     store: Arc<Mutex<Store>>,
     changes: broadcast::Sender<Change>,
+    /// Bearer token → (username, groups), for TokenReview.
+    users: Arc<Mutex<BTreeMap<String, Identity>>>,
+    /// (username, verb, resource[/subresource], namespace) granted, for
+    /// SubjectAccessReview.
+    grants: Arc<Mutex<Vec<Grant>>>,
 }
 
 fn kind_of(plural: &str) -> Option<&'static str> {
@@ -131,6 +140,8 @@ impl FakeApi {
         FakeApi {
             store: Arc::default(),
             changes,
+            users: Arc::default(),
+            grants: Arc::default(),
         }
     }
 
@@ -168,6 +179,12 @@ impl FakeApi {
             .to_string();
         let method = req.method().clone();
         let body = req.into_body();
+        if method == Method::POST && target.plural == "tokenreviews" {
+            return self.token_review(&body);
+        }
+        if method == Method::POST && target.plural == "subjectaccessreviews" {
+            return self.access_review(&body);
+        }
         match (method, &target.name) {
             (Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => self.watch(&target, &q),
             (Method::GET, None) => self.list(&target),
@@ -436,6 +453,53 @@ impl FakeApi {
         old["metadata"]["resourceVersion"] = json!(store.rv.to_string());
         self.record(&mut store, &key, "DELETED", old.clone());
         axum::Json(old).into_response()
+    }
+
+    fn token_review(&self, body: &Bytes) -> Response {
+        let mut review: Value = serde_json::from_slice(body).unwrap_or_default();
+        let token = review["spec"]["token"].as_str().unwrap_or_default().to_string();
+        review["status"] = match self.users.lock().unwrap().get(&token) {
+            Some((name, groups)) => {
+                json!({"authenticated": true, "user": {"username": name, "uid": format!("uid-{name}"), "groups": groups}})
+            }
+            None => json!({"authenticated": false}),
+        };
+        (StatusCode::CREATED, axum::Json(review)).into_response()
+    }
+
+    fn access_review(&self, body: &Bytes) -> Response {
+        let mut review: Value = serde_json::from_slice(body).unwrap_or_default();
+        let spec = &review["spec"];
+        let attrs = &spec["resourceAttributes"];
+        let resource = match attrs["subresource"].as_str() {
+            Some(sub) if !sub.is_empty() => format!("{}/{sub}", attrs["resource"].as_str().unwrap_or_default()),
+            _ => attrs["resource"].as_str().unwrap_or_default().to_string(),
+        };
+        let wanted = (
+            spec["user"].as_str().unwrap_or_default().to_string(),
+            attrs["verb"].as_str().unwrap_or_default().to_string(),
+            resource,
+            attrs["namespace"].as_str().unwrap_or_default().to_string(),
+        );
+        let allowed = self.grants.lock().unwrap().contains(&wanted);
+        review["status"] = json!({"allowed": allowed});
+        (StatusCode::CREATED, axum::Json(review)).into_response()
+    }
+
+    /// A user whose bearer token TokenReview accepts.
+    pub fn add_user(&self, token: &str, username: &str) {
+        self.users
+            .lock()
+            .unwrap()
+            .insert(token.into(), (username.into(), vec!["system:authenticated".into()]));
+    }
+
+    /// An RBAC grant SubjectAccessReview answers yes to.
+    pub fn grant(&self, username: &str, verb: &str, resource: &str, namespace: &str) {
+        self.grants
+            .lock()
+            .unwrap()
+            .push((username.into(), verb.into(), resource.into(), namespace.into()));
     }
 
     // Helpers for tests, as a user with kubectl would act.
