@@ -601,3 +601,83 @@ async fn the_in_cluster_api_authenticates_with_tokenreview_and_authorises_with_r
         (200, Some("lead@example.com"), Some("30"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cadence_change_resets_once_and_a_forged_phase_is_repaired() {
+    let api = FakeApi::new();
+    seed(&api, "CalendarMonth");
+    request(&api, "wait", "bob", 900);
+    let mut run = Running::start(api, options(100, 100.0));
+    run.wait_for("cycle 1", |api| {
+        api.object("creditaccounts", NS, "acme")
+            .is_some_and(|o| o["status"]["cycle"]["number"] == 1)
+    })
+    .await;
+    run.api
+        .merge_patch("creditaccounts", NS, "acme", false, json!({"spec": {"cadence": "1w"}}));
+    run.wait_for("the cadence reset", |api| {
+        api.object("creditaccounts", NS, "acme")
+            .is_some_and(|o| o["status"]["lastReset"]["reason"] == "CadenceChanged")
+    })
+    .await;
+    run.restart(options(100, 100.0)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        run.ledger.read().accounts["team/acme"].cycle.number,
+        2,
+        "one reset, also across a restart"
+    );
+
+    // Someone forges the operator's fields: the ledger is authoritative.
+    run.wait_for("a pending request", |api| {
+        api.object("creditrequests", NS, "wait")
+            .is_some_and(|o| o["status"]["phase"] == "Pending")
+    })
+    .await;
+    run.api.merge_patch(
+        "creditrequests",
+        NS,
+        "wait",
+        true,
+        json!({"status": {"phase": "Approved", "approvedCredits": "900"}}),
+    );
+    run.wait_for("the repair", |api| {
+        api.object("creditrequests", NS, "wait")
+            .is_some_and(|o| o["status"]["phase"] == "Pending" && o["status"].get("approvedCredits").is_none())
+    })
+    .await;
+    assert_eq!(run.status("memberallocations", "bob")["granted"], "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_deleted_while_the_operator_is_down_is_not_missed() {
+    let api = FakeApi::new();
+    seed(&api, "CalendarMonth");
+    let mut run = Running::start(api, options(100, 100.0));
+    run.wait_for("bob's status", |api| {
+        api.object("memberallocations", NS, "bob")
+            .is_some_and(|o| o["status"]["remaining"] == "1000")
+    })
+    .await;
+    run.usage("u-bob", "30", "b").await;
+    if let Some(stop) = run.stop.take() {
+        let _ = stop.send(());
+    }
+    if let Some(task) = run.task.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
+    assert_eq!(run.api.delete_object("memberallocations", NS, "bob"), 200);
+    run.restart(options(100, 100.0)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while run.ledger.read().accounts["team/acme"]
+        .members
+        .get("u-bob")
+        .is_some_and(|m| m.active)
+    {
+        assert!(Instant::now() < deadline, "the deletion was missed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let state = run.ledger.read();
+    let bob = state.accounts["team/acme"].members.get("u-bob").unwrap();
+    assert_eq!(bob.tally.used, amt("30"), "its history stays");
+}

@@ -569,12 +569,42 @@ where
     if let Some(o) = status.as_object_mut() {
         o.retain(|_, x| !x.is_null());
     }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    // Fields someone else wrote (a forged phase or approvedCredits) are
+    // not the operator's to drop by server-side apply: remove them with a
+    // merge patch. `approval` always stays.
+    let foreign: Vec<String> = current
+        .as_object()
+        .map(|c| {
+            c.keys()
+                .filter(|k| *k != "approval" && status.get(k.as_str()).is_none())
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    if !foreign.is_empty() {
+        let mut repair = status.clone();
+        for k in foreign {
+            repair[k] = Value::Null;
+        }
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        return match api
+            .patch_status(name, &params, &Patch::Merge(&json!({ "status": repair })))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(true),
+            Err(e) => Err(e.into()),
+        };
+    }
     let patch = json!({
         "apiVersion": format!("{GROUP}/{VERSION}"),
         "kind": K::kind(&()),
         "status": status,
     });
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     match api
         .patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
