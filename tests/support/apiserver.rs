@@ -54,6 +54,8 @@ pub struct FakeApi {
     /// (username, verb, resource[/subresource], namespace) granted, for
     /// SubjectAccessReview.
     grants: Arc<Mutex<Vec<Grant>>>,
+    /// Resources (`plural` or `plural/status`) whose writes answer 403.
+    forbidden: Arc<Mutex<Vec<String>>>,
 }
 
 fn kind_of(plural: &str) -> Option<&'static str> {
@@ -142,6 +144,7 @@ impl FakeApi {
             changes,
             users: Arc::default(),
             grants: Arc::default(),
+            forbidden: Arc::default(),
         }
     }
 
@@ -179,6 +182,18 @@ impl FakeApi {
             .to_string();
         let method = req.method().clone();
         let body = req.into_body();
+        let sub = if target.status {
+            format!("{}/status", target.plural)
+        } else {
+            target.plural.clone()
+        };
+        if method != Method::GET && self.forbidden.lock().unwrap().contains(&sub) {
+            return status(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!("user cannot patch resource {sub:?}"),
+            );
+        }
         if method == Method::POST && target.plural == "tokenreviews" {
             return self.token_review(&body);
         }
@@ -484,6 +499,11 @@ impl FakeApi {
         let allowed = self.grants.lock().unwrap().contains(&wanted);
         review["status"] = json!({"allowed": allowed});
         (StatusCode::CREATED, axum::Json(review)).into_response()
+    }
+
+    /// Writes to `resource` (`plural` or `plural/status`) answer 403.
+    pub fn forbid(&self, resource: &str) {
+        self.forbidden.lock().unwrap().push(resource.into());
     }
 
     /// A user whose bearer token TokenReview accepts.
