@@ -553,14 +553,16 @@ pub async fn run(
         }
         Cmd::SetCadence { account, cadence, yes } => {
             crate::cycle::Cadence::parse(&cadence).map_err(|e| fail(format!("CADENCE: {e}")))?;
-            if !yes && !confirm(
-                &format!(
+            if !yes
+                && !confirm(
+                    &format!(
                     "Changing the cadence to {cadence} starts a new cycle now: used credits go to zero. Apply? [y/N]"
                 ),
-                "y",
-                input,
-                out,
-            )? {
+                    "y",
+                    input,
+                    out,
+                )?
+            {
                 return Err(fail("aborted"));
             }
             patch_account(&accounts, &account, json!({"spec": {"cadence": cadence}}), ns).await?;
