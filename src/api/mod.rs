@@ -44,6 +44,27 @@ pub trait Directory: Send + Sync + 'static {
         account: &'a str,
         member: MemberSpec,
     ) -> Pin<Box<dyn Future<Output = Result<(), ApiError>> + Send + 'a>>;
+
+    /// Mirrors a decision made through the API onto the request's
+    /// resource (`status.approval`); nothing to do without a cluster.
+    fn record_decision<'a>(
+        &'a self,
+        _account: &'a str,
+        _request: &'a str,
+        _approval: serde_json::Value,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ApiError>> + Send + 'a>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Mirrors a reset made through the API onto the account's reset
+    /// annotation (the same time, so it resets nothing more).
+    fn record_reset<'a>(
+        &'a self,
+        _account: &'a str,
+        _mark: Timestamp,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ApiError>> + Send + 'a>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Everything a handler needs.
@@ -709,13 +730,27 @@ async fn decide(
             account: id.clone(),
             uid: uid.clone(),
             verdict,
-            reason,
+            reason: reason.clone(),
             by,
         })
         .await?;
-    let state = s.ledger.read();
-    let acct = state.active_account(&id)?;
-    Ok(Json(request_out(acct, &acct.requests[&uid])))
+    let answer = {
+        let state = s.ledger.read();
+        let acct = state.active_account(&id)?;
+        request_out(acct, &acct.requests[&uid])
+    };
+    let mut approval = serde_json::json!({"decision": if answer.phase == "Denied" { "Deny" } else { "Approve" }});
+    if let Some(c) = answer.approved_credits {
+        approval["credits"] = serde_json::json!(c.to_string());
+    }
+    if !reason.is_empty() {
+        approval["reason"] = serde_json::json!(reason);
+    }
+    // The ledger decided; the resource only mirrors it.
+    if let Err(e) = s.directory.record_decision(&id, name, approval).await {
+        tracing::warn!(request = name, error = %e.body.message, "decided, but cannot mirror the decision onto the resource");
+    }
+    Ok(Json(answer))
 }
 
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/accounts/{account}/requests/{name}/approve", tag = "requests",
@@ -765,14 +800,21 @@ async fn reset(
     Path((ns, account)): Path<(String, String)>,
     Body(_): Body<ResetIn>,
 ) -> Result<Json<CycleOut>, ApiError> {
-    match s
+    let id = account_id(&ns, &account);
+    // A reset through the API carries a mark, like the annotation, so
+    // mirroring it onto the annotation resets nothing more.
+    let mark = s.ledger.clock().now();
+    let outcome = s
         .ledger
         .execute(Command::Reset {
-            account: account_id(&ns, &account),
-            mark: None,
+            account: id.clone(),
+            mark: Some(mark),
         })
-        .await?
-    {
+        .await?;
+    if let Err(e) = s.directory.record_reset(&id, mark).await {
+        tracing::warn!(account = %id, error = %e.body.message, "reset, but cannot mirror it onto the annotation");
+    }
+    match outcome {
         Outcome::Cycle(c) => Ok(Json(CycleOut {
             number: c.number,
             start: rfc3339(c.start),
