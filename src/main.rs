@@ -157,15 +157,9 @@ fn main() -> ExitCode {
             kubernetes_auth,
         } => {
             init_tracing();
-            let tokens = match token_file
-                .map(|f| credit_operator::api::auth::Tokens::load(&f))
-                .transpose()
-            {
+            let tokens = match load_tokens(token_file) {
                 Ok(t) => t,
-                Err(e) => {
-                    eprintln!("error: --token-file {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             if !status_writes_per_second.is_finite() || status_writes_per_second <= 0.0 || status_staleness_seconds == 0
             {
@@ -197,20 +191,7 @@ fn main() -> ExitCode {
                     duration: Duration::from_secs(lease_seconds.max(3)),
                 });
             }
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(credit_operator::operator::run::run(options)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            serve(credit_operator::operator::run::run(options))
         }
         Cmd::Bench {
             backend,
@@ -260,15 +241,9 @@ fn main() -> ExitCode {
             clock_file,
         } => {
             init_tracing();
-            let tokens = match token_file
-                .map(|f| credit_operator::api::auth::Tokens::load(&f))
-                .transpose()
-            {
+            let tokens = match load_tokens(token_file) {
                 Ok(t) => t,
-                Err(e) => {
-                    eprintln!("error: --token-file {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             let clock: Arc<dyn Clock> = match clock_file {
                 None => Arc::new(SystemClock),
@@ -288,20 +263,35 @@ fn main() -> ExitCode {
                 poll_interval: Duration::from_millis(poll_interval_ms.max(10)),
                 clock,
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(credit_operator::standalone::run(options)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            serve(credit_operator::standalone::run(options))
+        }
+    }
+}
+
+/// Reads `--token-file`; a bad file is a usage error (exit 2).
+fn load_tokens(file: Option<PathBuf>) -> Result<Option<credit_operator::api::auth::Tokens>, ExitCode> {
+    file.map(|f| credit_operator::api::auth::Tokens::load(&f))
+        .transpose()
+        .map_err(|e| {
+            eprintln!("error: --token-file {e}");
+            ExitCode::from(2)
+        })
+}
+
+/// Runs a long-lived process on a multi-threaded runtime.
+fn serve<E: std::fmt::Display>(process: impl std::future::Future<Output = Result<(), E>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(process) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }
