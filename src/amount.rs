@@ -264,20 +264,28 @@ impl schemars::JsonSchema for Amount {
         true
     }
 
-    /// An integer or a decimal string, never negative, at most 9 places,
-    /// like a Kubernetes quantity. Fields that must be positive add their
-    /// own rule.
+    /// An integer or a decimal string, never negative, at most 18 digits
+    /// before and 9 after the point, like a Kubernetes quantity: the
+    /// pattern judges strings, `minimum` and one cheap CEL rule integers
+    /// (a schema's `maximum` is a float, too coarse for 18 digits; a string
+    /// with a point is the pattern's to judge).
+    /// Fields that must be positive add their own rule.
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "x-kubernetes-int-or-string": true,
             "nullable": false,
+            "pattern": AMOUNT_PATTERN,
+            "minimum": 0,
             "x-kubernetes-validations": [{
-                "rule": "string(self).matches('^[0-9]{1,18}([.][0-9]{1,9})?$')",
-                "message": "must be a non-negative integer or decimal string with at most 18 digits before and 9 after the point, such as 1500 or \"12.5\""
+                "rule": "string(self).size() <= 18 || string(self).contains('.')",
+                "message": "must have at most 18 digits before the point"
             }]
         })
     }
 }
+
+/// What an amount written as a string must look like.
+pub const AMOUNT_PATTERN: &str = "^[0-9]{1,18}([.][0-9]{1,9})?$";
 
 #[cfg(test)]
 mod tests {

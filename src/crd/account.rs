@@ -27,7 +27,7 @@ fn default_group_name() -> String {
     cel,
     doc = "A credit account: the per-cycle credit limit of a namespace, its cycle cadence and credit factor. One active account per namespace (the oldest).",
     printcolumn(name = "Cadence", type_ = "string", json_path = ".spec.cadence"),
-    printcolumn(name = "Cycle-End", type_ = "date", json_path = ".status.cycle.end"),
+    printcolumn(name = "Cycle-End", type_ = "string", json_path = ".status.cycle.end"),
     printcolumn(name = "Limit", type_ = "string", json_path = ".spec.creditsPerCycle"),
     printcolumn(name = "Used", type_ = "string", json_path = ".status.used"),
     printcolumn(name = "Balance", type_ = "string", json_path = ".status.balance"),
@@ -47,7 +47,7 @@ pub struct CreditAccountSpec {
     /// IANA time zone for calendar-month boundaries, such as `Europe/Berlin`.
     /// Default `UTC`. Changing it never resets the cycle.
     #[serde(default = "default_timezone")]
-    #[x_kube(validation = kube::core::Rule::new("size(self) >= 1 && size(self) <= 64").message("must be an IANA time zone name of 1 to 64 characters"))]
+    #[schemars(length(min = 1, max = 64))]
     pub timezone: String,
     /// Internal credit units per $1 of cost. `0` (the default) disables
     /// credit tracking: usage is still stored, nothing is debited and every

@@ -47,15 +47,15 @@ pub struct MemberAllocationSpec {
 pub struct UserRef {
     /// The user id gateways record usage against. Unique in the account
     /// and immutable.
-    #[x_kube(validation = kube::core::Rule::new("size(self) >= 1 && size(self) <= 253").message("must be 1 to 253 characters"))]
+    #[schemars(length(min = 1, max = 253))]
     pub id: String,
     /// The user's email, used for search and ordering.
     #[serde(default)]
-    #[x_kube(validation = kube::core::Rule::new("size(self) <= 320").message("must be at most 320 characters"))]
+    #[schemars(length(max = 320))]
     pub email: String,
     /// The user's display name.
     #[serde(default)]
-    #[x_kube(validation = kube::core::Rule::new("size(self) <= 256").message("must be at most 256 characters"))]
+    #[schemars(length(max = 256))]
     pub name: String,
 }
 

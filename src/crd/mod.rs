@@ -15,6 +15,7 @@ mod group;
 mod member;
 #[allow(clippy::duplicated_attributes)]
 mod request;
+mod schema;
 
 pub use account::{
     AllocationEntry, CreditAccount, CreditAccountSpec, CreditAccountStatus, CycleStatus, LastReset, ResetReason,
@@ -43,6 +44,9 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
         MemberAllocation::crd(),
         CreditRequest::crd(),
     ]
+    .into_iter()
+    .map(schema::bounded)
+    .collect()
 }
 
 /// The CRDs as one multi-document YAML stream.
@@ -56,8 +60,9 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
 }
 
 /// Checks an object (as JSON, the way the API server receives it) against
-/// the CEL rules of its kind's CRD, with `old` for update rules. Returns
-/// one line per broken rule, each naming the field.
+/// its kind's CRD as the API server does: the schema's value validations
+/// (pattern, bounds, lengths), then the CEL rules, with `old` for update
+/// rules. Returns one line per broken rule, each naming the field.
 pub fn check_cel_rules(kind: &str, object: &serde_json::Value, old: Option<&serde_json::Value>) -> Vec<String> {
     let Some(crd) = all_crds().into_iter().find(|c| c.spec.names.kind == kind) else {
         return vec![format!("kind: unknown kind {kind:?}")];
@@ -73,12 +78,14 @@ pub fn check_cel_rules(kind: &str, object: &serde_json::Value, old: Option<&serd
         Ok(s) => s,
         Err(e) => return vec![format!("kind: {kind} schema: {e}")],
     };
-    match Validator::new().validate(&schema, object, old) {
-        Ok(()) => Vec::new(),
-        Err(errors) => errors
-            .into_vec()
-            .into_iter()
-            .map(|e| format!("{}: {}", e.field_path, e.message))
-            .collect(),
+    let mut problems = schema::check_values(&schema, object);
+    if let Err(errors) = Validator::new().validate(&schema, object, old) {
+        problems.extend(
+            errors
+                .into_vec()
+                .into_iter()
+                .map(|e| format!("{}: {}", e.field_path, e.message)),
+        );
     }
+    problems
 }

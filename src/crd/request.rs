@@ -28,14 +28,14 @@ use crate::amount::Amount;
 #[serde(rename_all = "camelCase")]
 pub struct CreditRequestSpec {
     /// The MemberAllocation (object name) the credits are for.
-    #[x_kube(validation = kube::core::Rule::new("size(self) >= 1 && size(self) <= 253").message("must name a MemberAllocation"))]
+    #[schemars(length(min = 1, max = 253))]
     pub member: String,
     /// Credits asked for; more than zero.
     #[x_kube(validation = kube::core::Rule::new("string(self).matches('[1-9]')").message("must be greater than zero"))]
     pub credits: Amount,
     /// Why the credits are needed.
     #[serde(default)]
-    #[x_kube(validation = kube::core::Rule::new("size(self) <= 1024").message("must be at most 1024 characters"))]
+    #[schemars(length(max = 1024))]
     pub reason: String,
 }
 
@@ -67,7 +67,7 @@ pub struct Approval {
     pub credits: Option<Amount>,
     /// Why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = kube::core::Rule::new("size(self) <= 1024").message("must be at most 1024 characters"))]
+    #[schemars(length(max = 1024))]
     pub reason: Option<String>,
 }
 

@@ -10,9 +10,11 @@ use credit_operator::ledger::writer::LedgerOptions;
 use credit_operator::ledger::*;
 use jiff::Timestamp;
 
-/// Environment variable naming the PostgreSQL server for tests.
 pub mod apiserver;
+pub mod cel_cases;
+pub mod kube;
 
+/// Environment variable naming the PostgreSQL server for tests.
 pub const POSTGRES_ENV: &str = "CREDITS_TEST_POSTGRES_URL";
 
 /// A place for a journal that lives as long as the test.
