@@ -41,6 +41,11 @@ enum Cmd {
         /// them with SubjectAccessReview against the custom resources.
         #[arg(long)]
         kubernetes_auth: bool,
+        /// With --kubernetes-auth: the audience callers' tokens must be
+        /// issued for (a projected ServiceAccount token, or `kubectl create
+        /// token SA --audience …`). Tokens for the API server are refused.
+        #[arg(long, default_value = credit_operator::api::kube_auth::DEFAULT_AUDIENCE)]
+        token_audience: String,
         /// A status is at most this many seconds behind the ledger.
         #[arg(long, default_value = "10")]
         status_staleness_seconds: u64,
@@ -155,6 +160,7 @@ fn main() -> ExitCode {
             lease_name,
             lease_seconds,
             kubernetes_auth,
+            token_audience,
         } => {
             init_tracing();
             let tokens = match load_tokens(token_file) {
@@ -171,6 +177,7 @@ fn main() -> ExitCode {
                 listen,
                 tokens,
                 kubernetes_auth,
+                token_audience,
                 operator: credit_operator::operator::OperatorOptions {
                     staleness: Duration::from_secs(status_staleness_seconds),
                     status_writes_per_second,

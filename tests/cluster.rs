@@ -292,7 +292,18 @@ struct Cluster {
 
 fn render_chart(release: &str, namespace: &str, values: &[&str]) -> String {
     let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/credit-operator");
-    let mut args = vec!["template", release, chart, "--namespace", namespace, "--include-crds"];
+    // As `helm install` would against this cluster, which serves
+    // MutatingAdmissionPolicy.
+    let mut args = vec![
+        "template",
+        release,
+        chart,
+        "--namespace",
+        namespace,
+        "--include-crds",
+        "--api-versions",
+        "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy",
+    ];
     for v in values {
         args.push("--set");
         args.push(v);
@@ -304,7 +315,7 @@ fn render_chart(release: &str, namespace: &str, values: &[&str]) -> String {
 
 impl Cluster {
     fn with_chart(plane: ControlPlane, values: &[&str]) -> Cluster {
-        Cluster::with_release(plane, "co", "credits", values)
+        Cluster::with_release(plane, "credit", "credits", values)
     }
 
     fn with_release(plane: ControlPlane, release: &str, namespace: &str, values: &[&str]) -> Cluster {
@@ -494,4 +505,710 @@ impl Drop for Operator {
             );
         }
     }
+}
+
+/// An HTTP client for the operator's API that returns every status.
+fn http() -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build(),
+    )
+}
+
+/// `(status, body)` of a call to the operator's API with a bearer token.
+fn call(operator: &Operator, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    let url = format!("{}{path}", operator.base());
+    let auth = format!("Bearer {token}");
+    let agent = http();
+    let answer = match (method, body) {
+        ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
+        (_, Some(b)) => agent.post(&url).header("Authorization", &auth).send_json(b),
+        (_, None) => agent.post(&url).header("Authorization", &auth).send_empty(),
+    };
+    let mut answer = answer.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let status = answer.status().as_u16();
+    let text = answer.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn account_path(path: &str) -> String {
+    format!("/v1/namespaces/{NS}/accounts/acme{path}")
+}
+
+/// The audience the in-cluster API accepts tokens for.
+const API_AUDIENCE: &str = "credit-operator";
+
+impl Cluster {
+    /// A ServiceAccount in the account's namespace bound to `roles` there,
+    /// and a token of it for the operator's API.
+    fn api_client(&self, name: &str, roles: &[&str]) -> String {
+        self.plane.service_account(NS, name);
+        for role in roles {
+            self.plane.kubectl_ok(&[
+                "create",
+                "rolebinding",
+                &format!("{name}-{role}"),
+                &format!("--clusterrole={role}"),
+                &format!("--serviceaccount={NS}:{name}"),
+                "-n",
+                NS,
+            ]);
+        }
+        self.plane.token(NS, name, Some(API_AUDIENCE))
+    }
+
+    /// Binds a ClusterRole to a static user in the account's namespace.
+    fn bind_user(&self, user: &str, role: &str) {
+        let name = format!("{}-{role}", user.split('@').next().unwrap_or(user));
+        self.plane.kubectl_ok(&[
+            "create",
+            "rolebinding",
+            &name,
+            &format!("--clusterrole={role}"),
+            &format!("--user={user}"),
+            "-n",
+            NS,
+        ]);
+    }
+
+    /// `kubectl patch … --subresource=status` of a request's approval as `user`.
+    fn decide_as(&self, user: &str, request: &str, approval: Value) -> std::process::Output {
+        let kubeconfig = self.plane.user_kubeconfig(user);
+        let patch = json!({"status": {"approval": approval}}).to_string();
+        self.plane.kubectl_with(
+            &kubeconfig,
+            &[
+                "patch",
+                "creditrequest",
+                request,
+                "-n",
+                NS,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &patch,
+            ],
+            None,
+        )
+    }
+}
+
+/// Journal entries of one kind in a SQLite ledger file.
+fn journal_count(db: &std::path::Path, kind: &str) -> usize {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut stmt = conn.prepare("SELECT body FROM journal").unwrap();
+    let bodies = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+    bodies
+        .filter_map(Result::ok)
+        .filter(|b| b.starts_with(&format!("{{\"type\":\"{kind}\"")))
+        .count()
+}
+
+/// Every figure the resources publish equals the ledger's (the API's).
+fn assert_statuses_equal_the_ledger(cluster: &Cluster, operator: &Operator, token: &str) {
+    let (code, overview) = call(operator, "GET", &account_path("/overview"), token, None);
+    assert_eq!(code, 200, "{overview}");
+    let account = cluster.status("creditaccounts", "acme");
+    for field in [
+        "creditsPerCycle",
+        "used",
+        "balance",
+        "usagePercent",
+        "allocated",
+        "unallocated",
+    ] {
+        assert_eq!(account[field], overview[field], "account {field}");
+    }
+    assert_eq!(account["cycle"]["number"], overview["cycle"]["number"]);
+    let (_, groups) = call(operator, "GET", &account_path("/groups"), token, None);
+    let groups = groups["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(groups.len(), 4, "{groups:?}");
+    for g in &groups {
+        let name = g["name"].as_str().unwrap();
+        let status = cluster.status("creditgroups", name);
+        for field in [
+            "budget",
+            "distributed",
+            "available",
+            "granted",
+            "used",
+            "autoApproveRemaining",
+        ] {
+            assert_eq!(status[field], g[field], "group {name} {field}");
+        }
+        assert_eq!(status["members"], g["members"], "group {name} members");
+        let (_, members) = call(
+            operator,
+            "GET",
+            &account_path(&format!("/groups/{name}/members?pageSize=500")),
+            token,
+            None,
+        );
+        for m in members["items"].as_array().cloned().unwrap_or_default() {
+            let member = m["name"].as_str().unwrap();
+            let status = cluster.status("memberallocations", member);
+            for field in ["monthlyCredits", "extraCredits", "granted", "used", "remaining"] {
+                assert_eq!(status[field], m[field], "member {member} {field}");
+            }
+            assert_eq!(status["group"].as_str(), Some(name), "member {member} group");
+        }
+    }
+}
+
+#[test]
+fn the_operator_converges_under_the_charts_rbac_and_follows_edits_approvals_and_resets() {
+    let plane = control_plane!();
+    let cluster = Cluster::with_chart(plane, &[]);
+    cluster.plane.namespace(NS);
+    cluster.apply_examples();
+    let run = OperatorRun::sqlite(&cluster);
+    let operator = cluster.operator(&run);
+    let reader = cluster.api_client("dashboard", &["credit-viewer", "credit-gateway"]);
+
+    // Converged: every published figure is the ledger's.
+    cluster.wait_for_status("creditgroups", "research", |s| s["distributed"] == "41000");
+    cluster.wait_for_status("creditrequests", "ada-training-run", |s| s["phase"] == "AutoApproved");
+    cluster.wait_for_status("memberallocations", "katherine", |s| s["monthlyCredits"] == "500");
+    assert_statuses_equal_the_ledger(&cluster, &operator, &reader);
+
+    // Usage over the API moves the member, its group and the account.
+    let (code, answer) = call(
+        &operator,
+        "POST",
+        &account_path("/usage"),
+        &reader,
+        Some(json!({"member": "u-1001", "credits": "250", "idempotencyKey": "evt-1"})),
+    );
+    assert_eq!(code, 200, "{answer}");
+    cluster.wait_for_status("memberallocations", "ada", |s| {
+        s["used"] == "250" && s["remaining"] == "15250"
+    });
+    cluster.wait_for_status("creditgroups", "research", |s| s["used"] == "250");
+    cluster.wait_for_status("creditaccounts", "acme", |s| {
+        s["used"] == "250" && s["balance"] == "99750"
+    });
+
+    // A member edit by kubectl apply moves the group's figures.
+    let ada = r#"{"apiVersion": "credits.alchemi.io/v1alpha1", "kind": "MemberAllocation",
+        "metadata": {"name": "ada", "namespace": "ml-platform"},
+        "spec": {"user": {"id": "u-1001", "email": "ada@acme.example", "name": "Ada Lovelace"},
+                 "group": "research", "monthlyCredits": 14000, "extraCredits": 2000}}"#;
+    cluster.plane.apply_ok(ada);
+    cluster.wait_for_status("creditgroups", "research", |s| {
+        s["distributed"] == "43000" && s["available"] == "2000"
+    });
+    cluster.wait_for_status("memberallocations", "ada", |s| s["remaining"] == "17250");
+
+    // An approval by a status patch of an approver, honoured once.
+    cluster.bind_user("alice@example.com", "credit-approver");
+    let out = cluster.decide_as(
+        "alice@example.com",
+        "linus-load-test",
+        json!({"decision": "Approve", "credits": "2500", "reason": "half now"}),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let decided = cluster.wait_for_status("creditrequests", "linus-load-test", |s| s["phase"] == "Approved");
+    assert_eq!(decided["approvedCredits"], "2500");
+    assert_eq!(decided["decidedBy"], "alice@example.com", "the approver's username");
+    // The operator's status write did not take the approval away.
+    assert_eq!(decided["approval"]["decision"], "Approve");
+    assert_eq!(decided["approval"]["credits"], "2500");
+    cluster.wait_for_status("memberallocations", "linus", |s| s["granted"] == "2500");
+    // A second decision is refused by the server; the grant stays 2500.
+    let again = cluster.decide_as("alice@example.com", "linus-load-test", json!({"decision": "Deny"}));
+    assert!(!again.status.success(), "a second decision was admitted");
+    std::thread::sleep(Duration::from_secs(3));
+    let product = cluster.status("creditgroups", "product");
+    assert_eq!(product["granted"], "2500", "{product:#}");
+    let request = cluster.plane.object("creditrequests", NS, "linus-load-test").unwrap();
+    assert_eq!(request["status"]["approval"]["credits"], "2500");
+    assert_statuses_equal_the_ledger(&cluster, &operator, &reader);
+
+    // The reset annotation resets once.
+    let cycle = |c: &Cluster| c.status("creditaccounts", "acme")["cycle"]["number"].as_u64();
+    assert_eq!(cycle(&cluster), Some(1));
+    let mark = jiff::Timestamp::now().to_string();
+    cluster.plane.kubectl_ok(&[
+        "annotate",
+        "creditaccount",
+        "acme",
+        "-n",
+        NS,
+        &format!("credits.alchemi.io/reset-requested-at={mark}"),
+    ]);
+    let reset = cluster.wait_for_status("creditaccounts", "acme", |s| s["cycle"]["number"] == 2);
+    assert_eq!(reset["lastReset"]["reason"], "Manual");
+    assert_eq!(reset["used"], "0");
+    // Re-stating the same mark resets nothing more.
+    cluster.plane.kubectl_ok(&[
+        "annotate",
+        "--overwrite",
+        "creditaccount",
+        "acme",
+        "-n",
+        NS,
+        &format!("credits.alchemi.io/reset-requested-at={mark}"),
+    ]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(cycle(&cluster), Some(2));
+
+    // A cadence change starts a new cycle, once.
+    cluster.plane.kubectl_ok(&[
+        "patch",
+        "creditaccount",
+        "acme",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"cadence":"1w"}}"#,
+    ]);
+    let changed = cluster.wait_for_status("creditaccounts", "acme", |s| s["cycle"]["number"] == 3);
+    assert_eq!(changed["lastReset"]["reason"], "CadenceChanged");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(cycle(&cluster), Some(3));
+    assert_statuses_equal_the_ledger(&cluster, &operator, &reader);
+
+    // Nothing was removed along the way, each group was stated once (no
+    // reconcile saw a store that had not listed yet), each member once
+    // plus ada's edit, and nothing was refused.
+    let db = cluster.plane.dir.path().join("credits.db");
+    assert_eq!(journal_count(&db, "MemberRemoved"), 0);
+    assert_eq!(journal_count(&db, "GroupRemoved"), 0);
+    assert_eq!(journal_count(&db, "GroupConfigured"), 4);
+    assert_eq!(journal_count(&db, "MemberConfigured"), 13);
+    operator.assert_no_forbidden();
+}
+
+/// Status writes (PATCH of `…/status` of the four kinds) the API server
+/// has served, from its own metrics.
+fn status_writes(plane: &ControlPlane) -> u64 {
+    let metrics = plane.get_raw("/metrics");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| l.contains("group=\"credits.alchemi.io\"") && l.contains("subresource=\"status\""))
+        .filter(|l| l.contains("verb=\"PATCH\"") || l.contains("verb=\"APPLY\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[test]
+fn a_converged_namespace_costs_the_api_server_no_status_writes() {
+    let plane = control_plane!();
+    let cluster = Cluster::with_chart(plane, &[]);
+    cluster.plane.namespace(NS);
+    cluster.apply_examples();
+    cluster.bind_user("bob@example.com", "credit-approver");
+    let operator = cluster.operator(&OperatorRun::sqlite(&cluster));
+    cluster.wait_for_status("creditrequests", "ada-training-run", |s| s["phase"] == "AutoApproved");
+    let out = cluster.decide_as(
+        "bob@example.com",
+        "jim-backfill",
+        json!({"decision": "Deny", "reason": "no"}),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let denied = cluster.wait_for_status("creditrequests", "jim-backfill", |s| s["phase"] == "Denied");
+    assert_eq!(denied["decidedBy"], "bob@example.com");
+    // A manual reset: the new cycle starts at a time with nanoseconds.
+    cluster.plane.kubectl_ok(&[
+        "annotate",
+        "creditaccount",
+        "acme",
+        "-n",
+        NS,
+        &format!("credits.alchemi.io/reset-requested-at={}", jiff::Timestamp::now()),
+    ]);
+    cluster.wait_for_status("creditaccounts", "acme", |s| s["cycle"]["number"] == 2);
+    // Let every status settle, then watch several staleness intervals
+    // (1 s here) of reconciles: decided requests with their second-precision
+    // decidedAt included.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = status_writes(&cluster.plane);
+    assert!(before >= 20, "the statuses were written at all: {before}");
+    std::thread::sleep(Duration::from_secs(6));
+    let after = status_writes(&cluster.plane);
+    assert_eq!(
+        after - before,
+        0,
+        "status writes while nothing changed ({before} before)"
+    );
+    operator.assert_no_forbidden();
+}
+
+#[test]
+fn objects_deleted_while_the_operator_is_down_are_noticed_and_nothing_else_is_removed() {
+    let plane = control_plane!();
+    let cluster = Cluster::with_chart(plane, &[]);
+    cluster.plane.namespace(NS);
+    cluster.apply_examples();
+    let run = OperatorRun::sqlite(&cluster);
+    let mut operator = cluster.operator(&run);
+    let gateway = cluster.api_client("gateway", &["credit-gateway"]);
+    cluster.wait_for_status("memberallocations", "katherine", |s| s["monthlyCredits"] == "500");
+    let (code, _) = call(
+        &operator,
+        "POST",
+        &account_path("/usage"),
+        &gateway,
+        Some(json!({"member": "u-4001", "credits": "120", "idempotencyKey": "k-1"})),
+    );
+    assert_eq!(code, 200);
+    cluster.wait_for_status("creditgroups", "default", |s| s["used"] == "120");
+    operator.kill();
+
+    // While it is down: katherine and the whole data group's request go.
+    cluster
+        .plane
+        .kubectl_ok(&["delete", "memberallocation", "katherine", "-n", NS]);
+    cluster
+        .plane
+        .kubectl_ok(&["delete", "creditrequest", "jim-backfill", "-n", NS]);
+    let operator = cluster.operator(&run);
+    cluster.wait_for_status("creditgroups", "default", |s| s["members"] == 1);
+    // Katherine's usage stays in the account's total; she may not spend.
+    let account = cluster.wait_for_status("creditaccounts", "acme", |s| s["used"] == "120");
+    assert_eq!(account["balance"], "99880");
+    let (code, answer) = call(
+        &operator,
+        "POST",
+        &account_path("/authorize"),
+        &gateway,
+        Some(json!({"member": "u-4001", "credits": "1"})),
+    );
+    assert!(code == 404 || answer["allowed"] == false, "{code} {answer}");
+    let (code, answer) = call(
+        &operator,
+        "POST",
+        &account_path("/authorize"),
+        &gateway,
+        Some(json!({"member": "u-4002", "credits": "1"})),
+    );
+    assert_eq!(
+        (code, answer["allowed"].clone()),
+        (200, json!(true)),
+        "dennis may spend"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    // Exactly the one member removed: the restarted operator did not state
+    // the namespace before its stores had listed.
+    let db = cluster.plane.dir.path().join("credits.db");
+    assert_eq!(journal_count(&db, "MemberRemoved"), 1);
+    assert_eq!(journal_count(&db, "GroupRemoved"), 0);
+    assert_eq!(journal_count(&db, "GroupConfigured"), 4);
+    assert_eq!(journal_count(&db, "MemberConfigured"), 12);
+    operator.assert_no_forbidden();
+}
+
+#[test]
+fn the_chart_installs_side_by_side_in_every_mode_and_every_object_is_admitted() {
+    let plane = control_plane!();
+    let variants: [(&str, &str, &[&str]); 3] = [
+        ("credit", "credits", &[]),
+        (
+            "pg",
+            "credits-pg",
+            &[
+                "api.auth=tokens",
+                "ledger.type=postgres",
+                "ledger.postgres.secretName=credits-ledger",
+            ],
+        ),
+        (
+            "ha",
+            "credits-ha",
+            &[
+                "ledger.type=postgres",
+                "ledger.postgres.secretName=credits-ledger",
+                "leaderElection.enabled=true",
+                "replicaCount=3",
+            ],
+        ),
+    ];
+    let mut cluster_scoped = std::collections::BTreeSet::new();
+    for (release, namespace, values) in variants {
+        let rendered = render_chart(release, namespace, values);
+        let docs = yaml_to_json_docs(&rendered);
+        plane.namespace(namespace);
+        let out = plane.apply(&rendered);
+        assert!(out.status.success(), "{release}: {}", text(&out));
+        // Every object of the chart is there, as rendered.
+        for doc in &docs {
+            let kind = doc["kind"].as_str().unwrap();
+            let name = doc["metadata"]["name"].as_str().unwrap();
+            let namespaced = !matches!(
+                kind,
+                "ClusterRole"
+                    | "ClusterRoleBinding"
+                    | "CustomResourceDefinition"
+                    | "ValidatingAdmissionPolicy"
+                    | "ValidatingAdmissionPolicyBinding"
+                    | "MutatingAdmissionPolicy"
+                    | "MutatingAdmissionPolicyBinding"
+            );
+            let mut args = vec!["get", kind, name, "-o", "name"];
+            if namespaced {
+                args.extend(["-n", namespace]);
+            } else if kind != "CustomResourceDefinition" {
+                // Two releases never share a cluster-scoped object.
+                assert!(
+                    cluster_scoped.insert(format!("{kind}/{name}")),
+                    "{release} renders {kind}/{name}, which another release owns"
+                );
+            }
+            let out = plane.kubectl(&args);
+            assert!(out.status.success(), "{release}: {kind}/{name} missing: {}", text(&out));
+        }
+        let kinds: std::collections::BTreeSet<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+        for kind in [
+            "Deployment",
+            "ServiceAccount",
+            "ClusterRole",
+            "ValidatingAdmissionPolicy",
+            "MutatingAdmissionPolicy",
+        ] {
+            assert!(kinds.contains(kind), "{release} renders no {kind}");
+        }
+        let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        assert!(container["startupProbe"].is_object(), "{release}: no startupProbe");
+        if release == "ha" {
+            assert!(kinds.contains("Role"), "the lease Role");
+            assert_eq!(deployment["spec"]["replicas"], 3);
+        }
+    }
+    // 3 releases × (operator role and binding, four user roles, two policies
+    // and two bindings).
+    assert_eq!(cluster_scoped.len(), 3 * 10, "{cluster_scoped:#?}");
+}
+
+#[test]
+fn the_admission_policy_lets_an_approver_decide_a_pending_request_once() {
+    let plane = control_plane!();
+    let cluster = Cluster::with_chart(plane, &[]);
+    cluster.plane.namespace(NS);
+    cluster.bind_user("alice@example.com", "credit-approver");
+    let request = |name: &str| {
+        json!({"apiVersion": "credits.alchemi.io/v1alpha1", "kind": "CreditRequest",
+               "metadata": {"name": name, "namespace": NS},
+               "spec": {"member": "ada", "credits": 500, "reason": "training"}})
+        .to_string()
+    };
+    cluster.plane.apply_ok(&request("first"));
+    cluster.plane.apply_ok(&request("second"));
+    let status_patch = |kubeconfig: &std::path::Path, name: &str, status: Value| {
+        cluster.plane.kubectl_with(
+            kubeconfig,
+            &[
+                "patch",
+                "creditrequest",
+                name,
+                "-n",
+                NS,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &json!({ "status": status }).to_string(),
+            ],
+            None,
+        )
+    };
+    let alice = cluster.plane.user_kubeconfig("alice@example.com");
+
+    // An approver may not set the operator's fields.
+    let forged = status_patch(&alice, "first", json!({"phase": "Approved", "approvedCredits": "500"}));
+    assert!(!forged.status.success(), "a forged phase was admitted");
+    assert!(
+        text(&forged).contains("only status.approval may be changed"),
+        "{}",
+        text(&forged)
+    );
+
+    // An approval is admitted, stamped with the approver's own username
+    // even where the patch names someone else.
+    let approved = status_patch(
+        &alice,
+        "first",
+        json!({"approval": {"decision": "Approve", "credits": "300", "by": "bob@example.com"}}),
+    );
+    assert!(approved.status.success(), "{}", text(&approved));
+    let first = cluster.plane.object("creditrequests", NS, "first").unwrap();
+    assert_eq!(first["status"]["approval"]["by"], "alice@example.com");
+    assert_eq!(first["status"]["approval"]["credits"], "300");
+
+    // A second decision is refused.
+    let again = status_patch(&alice, "first", json!({"approval": {"decision": "Deny"}}));
+    assert!(!again.status.success(), "a second decision was admitted");
+    assert!(
+        text(&again).contains("status.approval cannot change once set"),
+        "{}",
+        text(&again)
+    );
+
+    // Once the operator has decided (here: auto-approved), no approval.
+    let operator = status_patch(
+        &cluster.operator_kubeconfig,
+        "second",
+        json!({"phase": "AutoApproved", "approvedCredits": "500", "decidedBy": "auto"}),
+    );
+    assert!(
+        operator.status.success(),
+        "the operator's own write: {}",
+        text(&operator)
+    );
+    let late = status_patch(&alice, "second", json!({"approval": {"decision": "Deny"}}));
+    assert!(!late.status.success(), "an approval of a decided request was admitted");
+    assert!(
+        text(&late).contains("the request is already decided"),
+        "{}",
+        text(&late)
+    );
+
+    // Someone without the approver role may not even try.
+    let carol = cluster.plane.user_kubeconfig("carol@example.com");
+    let stranger = status_patch(&carol, "second", json!({"approval": {"decision": "Approve"}}));
+    assert!(!stranger.status.success());
+    assert!(text(&stranger).contains("forbidden"), "{}", text(&stranger));
+}
+
+/// TokenReviews the API server has answered, from its own metrics.
+fn token_reviews(plane: &ControlPlane) -> u64 {
+    plane
+        .get_raw("/metrics")
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| l.contains("resource=\"tokenreviews\"") && l.contains("verb=\"POST\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[test]
+fn the_in_cluster_api_authenticates_by_tokenreview_and_authorises_by_rbac() {
+    let plane = control_plane!();
+    let cluster = Cluster::with_chart(plane, &[]);
+    cluster.plane.namespace(NS);
+    cluster.apply_examples();
+    let operator = cluster.operator(&OperatorRun::sqlite(&cluster));
+    cluster.wait_for_status("creditrequests", "linus-load-test", |s| s["phase"] == "Pending");
+    let gateway = cluster.api_client("router", &["credit-gateway"]);
+    let viewer = cluster.api_client("dashboard", &["credit-viewer"]);
+    let approver = cluster.api_client("lead", &["credit-viewer", "credit-approver"]);
+    let editor = cluster.api_client("platform", &["credit-viewer", "credit-editor"]);
+
+    // A gateway records usage and authorizes; it may not approve.
+    let (code, used) = call(
+        &operator,
+        "POST",
+        &account_path("/usage"),
+        &gateway,
+        Some(json!({"member": "u-2002", "costUsd": "1.25", "idempotencyKey": "g-1"})),
+    );
+    assert_eq!((code, used["credits"].as_str()), (200, Some("125")), "{used}");
+    let (code, allowed) = call(
+        &operator,
+        "POST",
+        &account_path("/authorize"),
+        &gateway,
+        Some(json!({"member": "u-2002", "credits": "100"})),
+    );
+    assert_eq!((code, allowed["allowed"].clone()), (200, json!(true)), "{allowed}");
+    let (code, _) = call(
+        &operator,
+        "POST",
+        &account_path("/requests/linus-load-test/approve"),
+        &gateway,
+        Some(json!({})),
+    );
+    assert_eq!(code, 403);
+
+    // A viewer reads, but may neither spend nor approve.
+    let (code, overview) = call(&operator, "GET", &account_path("/overview"), &viewer, None);
+    assert_eq!((code, overview["used"].as_str()), (200, Some("125")), "{overview}");
+    let (code, requests) = call(&operator, "GET", &account_path("/requests"), &viewer, None);
+    assert_eq!((code, requests["total"].as_u64()), (200, Some(3)), "{requests}");
+    let (code, refused) = call(
+        &operator,
+        "POST",
+        &account_path("/requests/linus-load-test/approve"),
+        &viewer,
+        Some(json!({"credits": "1000"})),
+    );
+    assert_eq!(code, 403, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("may not patch creditrequests/status"),
+        "{refused}"
+    );
+    let (code, _) = call(
+        &operator,
+        "POST",
+        &account_path("/usage"),
+        &viewer,
+        Some(json!({"member": "u-2002", "credits": "1", "idempotencyKey": "v-1"})),
+    );
+    assert_eq!(code, 403);
+
+    // An approver approves: decidedBy is its username, and the decision
+    // is mirrored onto the resource.
+    let (code, decided) = call(
+        &operator,
+        "POST",
+        &account_path("/requests/linus-load-test/approve"),
+        &approver,
+        Some(json!({"credits": "1000", "reason": "a quarter"})),
+    );
+    let lead = format!("system:serviceaccount:{NS}:lead");
+    assert_eq!(code, 200, "{decided}");
+    assert_eq!(decided["decidedBy"], lead.as_str());
+    assert_eq!(decided["approvedCredits"], "1000");
+    let status = cluster.wait_for_status("creditrequests", "linus-load-test", |s| s["phase"] == "Approved");
+    assert_eq!(status["decidedBy"], lead.as_str());
+    assert_eq!(status["approval"]["decision"], "Approve");
+    assert_eq!(status["approval"]["credits"], "1000");
+    assert_eq!(status["approval"]["by"], lead.as_str());
+    let (code, denied) = call(
+        &operator,
+        "POST",
+        &account_path("/requests/jim-backfill/deny"),
+        &approver,
+        Some(json!({"reason": "next cycle"})),
+    );
+    assert_eq!((code, denied["phase"].as_str()), (200, Some("Denied")), "{denied}");
+    let status = cluster.wait_for_status("creditrequests", "jim-backfill", |s| s["phase"] == "Denied");
+    assert_eq!(status["approval"]["decision"], "Deny");
+    cluster.wait_for_status("memberallocations", "linus", |s| s["granted"] == "1000");
+
+    // An editor resets the cycle; the reset shows on the annotation and
+    // happens once.
+    let (code, _) = call(&operator, "POST", &account_path("/reset"), &approver, Some(json!({})));
+    assert_eq!(code, 403, "an approver may not reset");
+    let (code, cycle) = call(&operator, "POST", &account_path("/reset"), &editor, Some(json!({})));
+    assert_eq!((code, cycle["number"].as_u64()), (200, Some(2)), "{cycle}");
+    let account = cluster.plane.object("creditaccounts", NS, "acme").unwrap();
+    assert!(
+        account["metadata"]["annotations"]["credits.alchemi.io/reset-requested-at"].is_string(),
+        "{account:#}"
+    );
+    cluster.wait_for_status("creditaccounts", "acme", |s| {
+        s["cycle"]["number"] == 2 && s["used"] == "0"
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(cluster.status("creditaccounts", "acme")["cycle"]["number"], 2);
+
+    // Tokens for the API server itself, garbage and no token at all are
+    // refused, and only the first costs a TokenReview (then cached).
+    let kube_token = cluster.plane.token(NS, "router", None);
+    let reviews = token_reviews(&cluster.plane);
+    for token in [kube_token.as_str(), "not-a-token", "a.b.c", ""] {
+        for _ in 0..20 {
+            let (code, _) = call(&operator, "GET", &account_path("/overview"), token, None);
+            assert_eq!(code, 401, "token {token:.20}");
+        }
+    }
+    assert_eq!(token_reviews(&cluster.plane) - reviews, 0, "refused without asking");
+    operator.assert_no_forbidden();
 }

@@ -11,6 +11,15 @@
 //! | `POST …/requests` | `create` on `creditrequests` |
 //! | approve, deny | `patch` on `creditrequests/status` (the request) |
 //! | reset | `patch` on `creditaccounts` (the account) |
+//!
+//! Tokens must be issued for the API's own audience (`--token-audience`,
+//! default `credit-operator`: a projected ServiceAccount token, or
+//! `kubectl create token SA --audience credit-operator`), so a token meant
+//! for the Kubernetes API server itself is refused. A token that is not a
+//! JWT naming that audience, or that has expired, is refused without
+//! asking the API server, so unauthenticated traffic is not passed on to
+//! it; the API server's answers are cached for 30 seconds (a revoked
+//! token keeps working that long), at most 10,000 of them.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,6 +33,48 @@ use kube::{Api, Client};
 
 /// How long an answer of the API server is reused.
 const CACHE_FOR: Duration = Duration::from_secs(30);
+/// Answers kept at most, per cache.
+const MAX_CACHED: usize = 10_000;
+/// The audience tokens must carry unless configured otherwise.
+pub const DEFAULT_AUDIENCE: &str = "credit-operator";
+
+/// Whether `token` is a JWT whose unverified claims name `audience` and
+/// have not expired at `now` (seconds since the epoch). Only such tokens
+/// are worth a TokenReview; the API server checks the signature.
+pub fn may_be_for(token: &str, audience: &str, now: i64) -> bool {
+    use base64::Engine;
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')) else {
+        return false;
+    };
+    let Ok(claims) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return false;
+    };
+    let names_audience = match &claims["aud"] {
+        serde_json::Value::String(a) => a == audience,
+        serde_json::Value::Array(all) => all.iter().any(|a| a.as_str() == Some(audience)),
+        _ => false,
+    };
+    let unexpired = claims["exp"].as_i64().is_none_or(|exp| exp > now);
+    names_audience && unexpired
+}
+
+/// Inserts into a bounded cache of answers, dropping expired ones first
+/// and, when still full, all of them.
+fn remember<K: std::hash::Hash + Eq, V>(cache: &Mutex<HashMap<K, (Instant, V)>>, key: K, value: V) {
+    if let Ok(mut cache) = cache.lock() {
+        if cache.len() >= MAX_CACHED {
+            cache.retain(|_, (at, _)| at.elapsed() < CACHE_FOR);
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (Instant::now(), value));
+    }
+}
 
 /// An authenticated Kubernetes user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -72,21 +123,28 @@ pub fn attributes(method: &Method, path: &str) -> Option<Attributes> {
 /// Asks the API server who a token is and what it may do, with a cache.
 pub struct KubeAuth {
     client: Client,
+    audience: String,
     tokens: Mutex<HashMap<String, (Instant, Option<User>)>>,
     decisions: Mutex<HashMap<(User, Attributes), (Instant, bool)>>,
 }
 
 impl KubeAuth {
-    pub fn new(client: Client) -> KubeAuth {
+    /// Accepts tokens issued for `audience`.
+    pub fn new(client: Client, audience: &str) -> KubeAuth {
         KubeAuth {
             client,
+            audience: audience.to_string(),
             tokens: Mutex::default(),
             decisions: Mutex::default(),
         }
     }
 
-    /// The user a bearer token belongs to; `None` when it is not valid.
+    /// The user a bearer token belongs to; `None` when it is not valid
+    /// for this API's audience.
     pub async fn authenticate(&self, token: &str) -> Result<Option<User>, kube::Error> {
+        if !may_be_for(token, &self.audience, jiff::Timestamp::now().as_second()) {
+            return Ok(None);
+        }
         if let Some((at, user)) = self.tokens.lock().ok().and_then(|c| c.get(token).cloned()) {
             if at.elapsed() < CACHE_FOR {
                 return Ok(user);
@@ -95,26 +153,26 @@ impl KubeAuth {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_string()),
-                ..Default::default()
+                audiences: Some(vec![self.audience.clone()]),
             },
             ..Default::default()
         };
         let answer = Api::<TokenReview>::all(self.client.clone())
             .create(&PostParams::default(), &review)
             .await?;
+        let audience_ok = |s: &k8s_openapi::api::authentication::v1::TokenReviewStatus| {
+            s.audiences.as_ref().is_none_or(|a| a.contains(&self.audience))
+        };
         let user = answer
             .status
-            .filter(|s| s.authenticated == Some(true))
+            .filter(|s| s.authenticated == Some(true) && audience_ok(s))
             .and_then(|s| s.user)
             .map(|u| User {
                 username: u.username.unwrap_or_default(),
                 uid: u.uid.unwrap_or_default(),
                 groups: u.groups.unwrap_or_default(),
             });
-        if let Ok(mut cache) = self.tokens.lock() {
-            cache.retain(|_, (at, _)| at.elapsed() < CACHE_FOR);
-            cache.insert(token.to_string(), (Instant::now(), user.clone()));
-        }
+        remember(&self.tokens, token.to_string(), user.clone());
         Ok(user)
     }
 
@@ -150,10 +208,38 @@ impl KubeAuth {
             .create(&PostParams::default(), &review)
             .await?;
         let allowed = answer.status.is_some_and(|s| s.allowed);
-        if let Ok(mut cache) = self.decisions.lock() {
-            cache.retain(|_, (at, _)| at.elapsed() < CACHE_FOR);
-            cache.insert(key, (Instant::now(), allowed));
-        }
+        remember(&self.decisions, key, allowed);
         Ok(allowed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    fn jwt(claims: serde_json::Value) -> String {
+        let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        format!(
+            "{}.{}.sig",
+            b64(br#"{"alg":"RS256"}"#),
+            b64(claims.to_string().as_bytes())
+        )
+    }
+
+    #[test]
+    fn only_unexpired_jwts_for_the_audience_are_worth_a_review() {
+        let now = 1_800_000_000;
+        let ours = jwt(serde_json::json!({"aud": ["credit-operator"], "exp": now + 60}));
+        assert!(may_be_for(&ours, "credit-operator", now));
+        let single = jwt(serde_json::json!({"aud": "credit-operator"}));
+        assert!(may_be_for(&single, "credit-operator", now));
+        let kube = jwt(serde_json::json!({"aud": ["https://kubernetes.default.svc.cluster.local"], "exp": now + 60}));
+        assert!(!may_be_for(&kube, "credit-operator", now));
+        let expired = jwt(serde_json::json!({"aud": ["credit-operator"], "exp": now - 1}));
+        assert!(!may_be_for(&expired, "credit-operator", now));
+        for garbage in ["", "token", "a.b.c", "a.b", "a.b.c.d", "x.!!!.y"] {
+            assert!(!may_be_for(garbage, "credit-operator", now), "{garbage}");
+        }
     }
 }

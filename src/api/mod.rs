@@ -746,6 +746,9 @@ async fn decide(
     if !reason.is_empty() {
         approval["reason"] = serde_json::json!(reason);
     }
+    if let Some(by) = &answer.decided_by {
+        approval["by"] = serde_json::json!(by);
+    }
     // The ledger decided; the resource only mirrors it.
     if let Err(e) = s.directory.record_decision(&id, name, approval).await {
         tracing::warn!(request = name, error = %e.body.message, "decided, but cannot mirror the decision onto the resource");

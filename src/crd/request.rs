@@ -69,6 +69,13 @@ pub struct Approval {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub reason: Option<String>,
+    /// Who decided: the approver's username, stamped from the API
+    /// request's user by the chart's admission policy (or by the operator
+    /// for decisions made through its HTTP API). Without the policy it is
+    /// whatever the writer put here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub by: Option<String>,
 }
 
 /// The decision and its effect, as the ledger recorded it.

@@ -261,26 +261,39 @@ fn sourced(kind: &str, ns: &str, name: &str, position: usize, object: Object) ->
     }
 }
 
-/// Who set a request's `status.approval`: the field manager that owns it.
+/// Who decided a request: `status.approval.by`, which the chart's
+/// admission policy stamps with the username of the API request that set
+/// the approval (field managers are chosen by clients and name no one).
 fn approver(s: &Sourced) -> String {
     let Object::Request(r) = &s.object else {
-        return "unknown".into();
+        return UNKNOWN_APPROVER.into();
     };
-    r.metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(|m| m.manager.as_deref() != Some(FIELD_MANAGER))
-        .find(|m| {
-            m.fields_v1
-                .as_ref()
-                .is_some_and(|f| f.0.get("f:status").and_then(|st| st.get("f:approval")).is_some())
-        })
-        .and_then(|m| m.manager.clone())
-        .unwrap_or_else(|| "status-patch".into())
+    r.status
+        .as_ref()
+        .and_then(|st| st.approval.as_ref())
+        .and_then(|a| a.by.clone())
+        .filter(|by| !by.is_empty())
+        .unwrap_or_else(|| UNKNOWN_APPROVER.into())
 }
 
+/// `decidedBy` of an approval no admission policy stamped.
+pub const UNKNOWN_APPROVER: &str = "unknown";
+
 async fn reconcile_account(account: Arc<CreditAccount>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    // The Controller waits for the accounts' store only. A namespace stated
+    // from a store that has not listed yet would read as "no groups, no
+    // members": wait for all four (immediate once they have listed; a
+    // relist swaps a store's contents at once, never through empty).
+    let ready = futures::future::join4(
+        ctx.groups.wait_until_ready(),
+        ctx.members.wait_until_ready(),
+        ctx.requests.wait_until_ready(),
+        ctx.accounts.wait_until_ready(),
+    )
+    .await;
+    if ready.0.is_err() || ready.1.is_err() || ready.2.is_err() || ready.3.is_err() {
+        return Ok(Action::await_change());
+    }
     let ns = account.namespace().unwrap_or_default();
     let name = account.name_any();
     // One active account per namespace: the oldest.
@@ -741,4 +754,59 @@ impl crate::api::Directory for ClusterDirectory {
             Ok(())
         })
     }
+
+    /// Writes the decision into the request's `status.approval` (with the
+    /// caller in `by`), as the approver's own status patch would.
+    fn record_decision<'a>(
+        &'a self,
+        account: &'a str,
+        request: &'a str,
+        approval: Value,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), crate::api::error::ApiError>> + Send + 'a>> {
+        Box::pin(async move {
+            let ns = account.split('/').next().unwrap_or("default");
+            let patch = json!({"status": {"approval": approval}});
+            Api::<CreditRequest>::namespaced(self.client.clone(), ns)
+                .patch_status(request, &mirror_params(), &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+                .map_err(|e| mirror_failed(&format!("CreditRequest {request}"), e))
+        })
+    }
+
+    /// Sets the account's reset annotation to the reset's own mark, so the
+    /// cluster shows it and a later reconcile resets nothing more.
+    fn record_reset<'a>(
+        &'a self,
+        account: &'a str,
+        mark: jiff::Timestamp,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), crate::api::error::ApiError>> + Send + 'a>> {
+        Box::pin(async move {
+            let (ns, name) = account.split_once('/').unwrap_or(("default", account));
+            let patch = json!({"metadata": {"annotations": {crate::crd::RESET_ANNOTATION: mark.to_string()}}});
+            Api::<CreditAccount>::namespaced(self.client.clone(), ns)
+                .patch(name, &mirror_params(), &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+                .map_err(|e| mirror_failed(&format!("CreditAccount {name}"), e))
+        })
+    }
+}
+
+/// The field manager of what the API writes onto resources for a caller.
+pub const API_FIELD_MANAGER: &str = "credit-operator-api";
+
+fn mirror_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(API_FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
+fn mirror_failed(what: &str, e: kube::Error) -> crate::api::error::ApiError {
+    crate::api::error::ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "kubernetes_unavailable",
+        format!("cannot update {what}: {e}"),
+    )
 }

@@ -23,6 +23,8 @@ pub struct RunOptions {
     pub tokens: Option<api::auth::Tokens>,
     /// Without tokens, authenticate with Kubernetes (else loopback only).
     pub kubernetes_auth: bool,
+    /// The audience Kubernetes tokens must be issued for.
+    pub token_audience: String,
     pub operator: OperatorOptions,
     /// Apply the CRDs at start-up (Helm never upgrades `crds/`).
     pub apply_crds: bool,
@@ -199,7 +201,7 @@ async fn serve(
         auth: Arc::new(match options.tokens {
             Some(tokens) => api::auth::Auth::Tokens(tokens),
             None if options.kubernetes_auth => {
-                api::auth::Auth::Kubernetes(api::kube_auth::KubeAuth::new(client.clone()))
+                api::auth::Auth::Kubernetes(api::kube_auth::KubeAuth::new(client.clone(), &options.token_audience))
             }
             None => api::auth::Auth::Local,
         }),

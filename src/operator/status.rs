@@ -11,6 +11,13 @@ use crate::crd::{
 use crate::ledger::state::Account;
 use crate::ledger::{numbers, Phase, ResetReason};
 
+/// A time as the API stores it: `metav1.Time` keeps whole seconds, so a
+/// status carrying finer times would differ from its stored copy forever
+/// and be written again on every reconcile.
+pub fn api_time(t: jiff::Timestamp) -> Time {
+    Time(jiff::Timestamp::from_second(t.as_second()).unwrap_or(t))
+}
+
 /// A condition, before timestamps: `(type, status, reason, message)`.
 pub type Cond = (&'static str, bool, String, String);
 
@@ -29,7 +36,7 @@ pub fn conditions(
                 .iter()
                 .find(|c| c.type_ == type_ && c.status == status)
                 .map(|c| c.last_transition_time.clone())
-                .unwrap_or(Time(now));
+                .unwrap_or_else(|| api_time(now));
             Condition {
                 type_: type_.to_string(),
                 status,
@@ -98,8 +105,8 @@ pub fn account(
         conditions: conditions(wanted, current, generation, now),
         cycle: Some(CycleStatus {
             number: f.cycle.number,
-            start: Time(f.cycle.start),
-            end: Time(f.cycle.end),
+            start: api_time(f.cycle.start),
+            end: api_time(f.cycle.end),
         }),
         credits_per_cycle: Some(f.credits_per_cycle),
         used: Some(f.used),
@@ -115,7 +122,7 @@ pub fn account(
             .map(|(name, budget, used)| AllocationEntry { name, budget, used })
             .collect(),
         last_reset: acct.last_reset.map(|r| LastReset {
-            at: Time(r.at),
+            at: api_time(r.at),
             reason: reason(r.reason),
         }),
     }
@@ -228,7 +235,7 @@ pub fn request(
         "conditions": conds,
     });
     if r.phase != Phase::Pending {
-        status["decidedAt"] = json!(r.decided_at.map(|t| t.to_string()));
+        status["decidedAt"] = json!(r.decided_at.map(api_time));
         status["decidedBy"] = json!(r.decided_by);
         status["cycle"] = json!(r.cycle);
         if let Some(c) = r.approved_credits {

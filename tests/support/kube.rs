@@ -435,6 +435,26 @@ impl ControlPlane {
             "crd/memberallocations.credits.alchemi.io",
             "crd/creditrequests.credits.alchemi.io",
         ]);
+        // Established comes a moment before the server writes the kinds.
+        let probe = r#"{"apiVersion": "credits.alchemi.io/v1alpha1", "kind": "CreditGroup",
+            "metadata": {"name": "probe", "namespace": "default"}, "spec": {"monthlyCredits": 0}}"#;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.kubectl_with(
+                &self.admin_kubeconfig,
+                &["create", "--dry-run=server", "-f", "-"],
+                Some(probe),
+            );
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the CRDs never became writable: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     pub fn namespace(&self, name: &str) {
