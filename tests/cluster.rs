@@ -483,6 +483,17 @@ impl Operator {
         );
     }
 
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("running")
+    }
+
+    /// Whether the process has ended by itself.
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+    }
+
     /// SIGKILL: no graceful shutdown, no lease handed back.
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -519,6 +530,17 @@ fn http() -> ureq::Agent {
 
 /// `(status, body)` of a call to the operator's API with a bearer token.
 fn call(operator: &Operator, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    try_call(operator, method, path, token, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// [`call`], or the transport error (a process that has exited).
+fn try_call(
+    operator: &Operator,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> Result<(u16, Value), ureq::Error> {
     let url = format!("{}{path}", operator.base());
     let auth = format!("Bearer {token}");
     let agent = http();
@@ -527,10 +549,10 @@ fn call(operator: &Operator, method: &str, path: &str, token: &str, body: Option
         (_, Some(b)) => agent.post(&url).header("Authorization", &auth).send_json(b),
         (_, None) => agent.post(&url).header("Authorization", &auth).send_empty(),
     };
-    let mut answer = answer.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let mut answer = answer?;
     let status = answer.status().as_u16();
     let text = answer.body_mut().read_to_string().unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
 }
 
 fn account_path(path: &str) -> String {
@@ -1211,4 +1233,152 @@ fn the_in_cluster_api_authenticates_by_tokenreview_and_authorises_by_rbac() {
     }
     assert_eq!(token_reviews(&cluster.plane) - reviews, 0, "refused without asking");
     operator.assert_no_forbidden();
+}
+
+fn leader_label(cluster: &Cluster, pod: &str) -> Option<String> {
+    let pod = cluster.plane.object("pods", &cluster.release_ns, pod)?;
+    pod["metadata"]["labels"]["credits.alchemi.io/leader"]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn lease_holder(cluster: &Cluster) -> Option<String> {
+    let lease = cluster
+        .plane
+        .object("leases", &cluster.release_ns, "credit-operator-leader")?;
+    lease["spec"]["holderIdentity"].as_str().map(str::to_string)
+}
+
+#[test]
+fn two_replicas_on_postgres_elect_one_writer_and_a_standby_takes_over() {
+    let Some(db) = support::postgres_db() else { return };
+    let plane = control_plane!();
+    let cluster = Cluster::with_chart(
+        plane,
+        &[
+            "ledger.type=postgres",
+            "ledger.postgres.secretName=credits-ledger",
+            "leaderElection.enabled=true",
+            "leaderElection.leaseSeconds=4",
+            "replicaCount=2",
+        ],
+    );
+    cluster.plane.namespace(NS);
+    cluster.apply_examples();
+    // No kubelet runs here: the Pod objects exist only to carry the label.
+    for pod in ["credit-0", "credit-1"] {
+        cluster.plane.apply_ok(
+            &json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": pod, "namespace": "credits"},
+                    "spec": {"containers": [{"name": "operator", "image": "credit-operator"}]}})
+            .to_string(),
+        );
+    }
+    let gateway = cluster.api_client("router", &["credit-viewer", "credit-gateway"]);
+    let replica = |pod: &str| OperatorRun {
+        ledger: db.url.clone(),
+        extra: vec!["--status-staleness-seconds=1".into()],
+        env: vec![("POD_NAME".into(), pod.into())],
+    };
+    let usage = |op: &Operator, key: &str| {
+        call(
+            op,
+            "POST",
+            &account_path("/usage"),
+            &gateway,
+            Some(json!({"member": "u-1001", "credits": "10", "idempotencyKey": key})),
+        )
+    };
+    let mut a = cluster.operator(&replica("credit-0"));
+    let mut b = cluster.operator(&replica("credit-1"));
+
+    // Exactly one holds the Lease, labels its pod and serves; the other
+    // answers 503 naming the leader.
+    let first = eventually("a leader", Duration::from_secs(30), || {
+        lease_holder(&cluster).filter(|h| leader_label(&cluster, h).as_deref() == Some("true"))
+    });
+    let (leader, standby, standby_pod) = if first == "credit-0" {
+        (&mut a, &mut b, "credit-1")
+    } else {
+        (&mut b, &mut a, "credit-0")
+    };
+    assert_eq!(leader_label(&cluster, standby_pod), None);
+    let (code, refused) = usage(standby, "k-standby");
+    assert_eq!((code, refused["error"].as_str()), (503, Some("standby")), "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains(&first), "{refused}");
+    cluster.wait_for_status("creditgroups", "research", |s| s["distributed"] == "41000");
+    assert_eq!(usage(leader, "k-1").0, 200);
+    cluster.wait_for_status("memberallocations", "ada", |s| s["used"] == "10");
+
+    // SIGKILL the leader: the standby takes over within the lease
+    // duration (plus its retry period) and converges.
+    leader.kill();
+    let killed = Instant::now();
+    let second = eventually("a new leader", Duration::from_secs(30), || {
+        lease_holder(&cluster).filter(|h| *h == standby_pod && leader_label(&cluster, h).as_deref() == Some("true"))
+    });
+    let took = killed.elapsed();
+    eprintln!("takeover after SIGKILL: {took:?} (lease 4 s)");
+    assert!(took < Duration::from_secs(4 + 3), "took over after {took:?}");
+    assert_eq!(usage(standby, "k-2").0, 200);
+    let (code, replay) = usage(standby, "k-1");
+    assert_eq!(
+        (code, replay["duplicate"].as_bool()),
+        (200, Some(true)),
+        "nothing acknowledged is lost"
+    );
+    cluster.wait_for_status("memberallocations", "ada", |s| s["used"] == "20");
+
+    // The killed replica comes back as a standby; then the leader stops
+    // (SIGSTOP: alive, but silent) and the first one takes over again.
+    drop(std::mem::replace(leader, cluster.operator(&replica(&first))));
+    let (new_leader, old_leader) = (standby, leader);
+    eventually(
+        "the restarted replica unlabels its pod",
+        Duration::from_secs(10),
+        || leader_label(&cluster, &first).is_none().then_some(()),
+    );
+    let paused = new_leader.pid();
+    signal(paused, "STOP");
+    let back = eventually("the first replica leads again", Duration::from_secs(30), || {
+        lease_holder(&cluster).filter(|h| *h == first && leader_label(&cluster, h).as_deref() == Some("true"))
+    });
+    assert_eq!(back, first);
+    assert_eq!(usage(old_leader, "k-3").0, 200);
+
+    // The deposed writer wakes up: its epoch cannot commit, it gives up
+    // the lead and its label, and exits.
+    signal(paused, "CONT");
+    // It answers an error, or has already stopped listening.
+    let deposed = try_call(
+        new_leader,
+        "POST",
+        &account_path("/usage"),
+        &gateway,
+        Some(json!({"member": "u-1001", "credits": "10", "idempotencyKey": "k-deposed"})),
+    );
+    if let Ok((code, answer)) = &deposed {
+        assert_ne!(*code, 200, "a deposed writer committed: {answer}");
+    }
+    eventually("the deposed replica to stop", Duration::from_secs(30), || {
+        new_leader.exited().then_some(())
+    });
+    assert!(new_leader.log().contains("lost the lease"), "{}", new_leader.log());
+    assert_eq!(leader_label(&cluster, standby_pod), None);
+    let (code, late) = usage(old_leader, "k-deposed");
+    assert_eq!(
+        (code, late["duplicate"].as_bool()),
+        (200, Some(false)),
+        "the refused write left nothing"
+    );
+    cluster.wait_for_status("memberallocations", "ada", |s| s["used"] == "40");
+    old_leader.assert_no_forbidden();
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
 }

@@ -403,65 +403,6 @@ async fn status_writes_stay_bounded_while_ten_thousand_usage_events_stream_in() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_never_both_hold_the_lease_and_a_graceful_stop_hands_it_back() {
-    use credit_operator::operator::lease::Elector;
-    let api = FakeApi::new();
-    let a = Elector::new(
-        api.client(),
-        NS,
-        "credit-operator-leader",
-        "pod-a",
-        Duration::from_secs(15),
-    );
-    let b = Elector::new(
-        api.client(),
-        NS,
-        "credit-operator-leader",
-        "pod-b",
-        Duration::from_secs(15),
-    );
-    let at = |s: i64| t("2026-11-26T10:00:00Z") + jiff::SignedDuration::from_secs(s);
-    assert!(a.try_acquire(at(0)).await.unwrap(), "the first replica takes the lease");
-    assert!(!b.try_acquire(at(1)).await.unwrap(), "the second waits");
-    assert!(a.try_acquire(at(5)).await.unwrap(), "the holder renews");
-    assert!(!b.try_acquire(at(19)).await.unwrap(), "a renewed lease has not expired");
-    assert!(b.try_acquire(at(21)).await.unwrap(), "an expired lease is taken over");
-    assert!(
-        !a.try_acquire(at(22)).await.unwrap(),
-        "the deposed holder learns it at its next renewal"
-    );
-    b.release().await.unwrap();
-    assert!(
-        a.try_acquire(at(23)).await.unwrap(),
-        "a graceful stop hands the lease back at once"
-    );
-
-    // Taking over opens the ledger, which takes a newer epoch: the deposed
-    // writer's next batch is refused even before it notices the lease.
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("credits.db").display());
-    let clock = Arc::new(ManualClock::new(at(0)));
-    let first = Ledger::open(&url, clock.clone()).unwrap();
-    let settings = AccountSettings::new(amt("10"), "1d", "UTC", amt("1"), amt("0"), "default").unwrap();
-    first
-        .execute(Command::ApplyAccount {
-            account: "team/acme".into(),
-            settings: settings.clone(),
-        })
-        .await
-        .unwrap();
-    let second = Ledger::open(&url, clock).unwrap();
-    let err = first
-        .execute(Command::RemoveAccount {
-            account: "team/acme".into(),
-        })
-        .await
-        .unwrap_err();
-    assert!(matches!(err, LedgerError::Fenced(_)), "{err}");
-    assert!(second.read().accounts["team/acme"].active);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cadence_change_resets_once_and_a_forged_phase_is_repaired() {
     let api = FakeApi::new();
     seed(&api, "CalendarMonth");

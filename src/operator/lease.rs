@@ -1,12 +1,19 @@
 //! Leader election on a coordination.k8s.io Lease: one writer at a time.
 //!
-//! The holder renews the Lease well within its duration; a standby takes
-//! it over once it has expired. Taking over opens the ledger, which takes
-//! the next epoch from the database and so fences off a deposed holder
-//! that has not noticed yet. On graceful shutdown the holder hands the
-//! Lease back so a standby takes over at once.
+//! As client-go's leader election does, a Lease counts as expired when
+//! this replica has seen its record unchanged for the lease duration, by
+//! its own monotonic clock: the holder's `renewTime` is another machine's
+//! wall clock and is never compared with ours. The holder renews every
+//! `duration / 5` from the moment it takes the Lease (also while it
+//! replays the ledger) and gives leadership up when it has not managed to
+//! renew for `2/3` of the duration, before anyone may take over. Taking
+//! over opens the ledger, which takes the next epoch from the database
+//! and so fences off a deposed holder that has not noticed yet. On
+//! graceful shutdown the holder hands the Lease back so a standby takes
+//! over at once.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -17,12 +24,30 @@ use serde_json::json;
 /// The label the holder puts on its own pod; the API Service selects it.
 pub const LEADER_LABEL: &str = "credits.alchemi.io/leader";
 
+/// What identifies one version of the Lease's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    holder: Option<String>,
+    renew_time: Option<String>,
+    transitions: Option<i32>,
+}
+
 /// Competes for one Lease under one identity.
 pub struct Elector {
     api: Api<Lease>,
     name: String,
     identity: String,
     duration: Duration,
+    /// The record last seen, and when this replica first saw it.
+    observed: Mutex<Option<(Record, Instant)>>,
+}
+
+fn record_of(spec: &LeaseSpec) -> Record {
+    Record {
+        holder: spec.holder_identity.clone().filter(|h| !h.is_empty()),
+        renew_time: spec.renew_time.as_ref().map(|t| t.0.to_string()),
+        transitions: spec.lease_transitions,
+    }
 }
 
 impl Elector {
@@ -32,6 +57,7 @@ impl Elector {
             name: name.into(),
             identity: identity.into(),
             duration,
+            observed: Mutex::new(None),
         }
     }
 
@@ -39,45 +65,76 @@ impl Elector {
         &self.identity
     }
 
-    /// How often the holder renews: a third of the duration.
-    pub fn renew_every(&self) -> Duration {
-        self.duration / 3
+    /// How often the holder renews and a standby retries.
+    pub fn retry_every(&self) -> Duration {
+        self.duration / 5
     }
 
-    /// Takes or renews the Lease at `now`; true while this identity holds it.
-    pub async fn try_acquire(&self, now: jiff::Timestamp) -> Result<bool, kube::Error> {
+    /// How long the holder may fail to renew before it gives up: well
+    /// before a standby may take over.
+    pub fn renew_deadline(&self) -> Duration {
+        self.duration * 2 / 3
+    }
+
+    /// Remembers `record` as seen now unless it is the one already seen;
+    /// returns since when it has been seen unchanged.
+    fn observe(&self, record: Record, now: Instant) -> Instant {
+        let Ok(mut seen) = self.observed.lock() else {
+            return now;
+        };
+        match &*seen {
+            Some((r, since)) if *r == record => *since,
+            _ => {
+                *seen = Some((record, now));
+                now
+            }
+        }
+    }
+
+    /// The current holder, as last observed.
+    pub fn holder(&self) -> Option<String> {
+        self.observed
+            .lock()
+            .ok()
+            .and_then(|o| o.as_ref().and_then(|(r, _)| r.holder.clone()))
+    }
+
+    /// Takes or renews the Lease; true while this identity holds it.
+    pub async fn try_acquire(&self) -> Result<bool, kube::Error> {
+        let wall = jiff::Timestamp::now();
+        let local = Instant::now();
         let seconds = self.duration.as_secs().max(1) as i32;
         let Some(lease) = self.api.get_opt(&self.name).await? else {
+            let spec = LeaseSpec {
+                holder_identity: Some(self.identity.clone()),
+                lease_duration_seconds: Some(seconds),
+                acquire_time: Some(MicroTime(wall)),
+                renew_time: Some(MicroTime(wall)),
+                lease_transitions: Some(0),
+                ..Default::default()
+            };
             let lease = Lease {
                 metadata: kube::core::ObjectMeta {
                     name: Some(self.name.clone()),
                     ..Default::default()
                 },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(self.identity.clone()),
-                    lease_duration_seconds: Some(seconds),
-                    acquire_time: Some(MicroTime(now)),
-                    renew_time: Some(MicroTime(now)),
-                    lease_transitions: Some(0),
-                    ..Default::default()
-                }),
+                spec: Some(spec.clone()),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
+                Ok(created) => {
+                    self.observe(record_of(&created.spec.unwrap_or(spec)), local);
+                    Ok(true)
+                }
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
                 Err(e) => Err(e),
             };
         };
         let spec = lease.spec.clone().unwrap_or_default();
-        let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
-        let ours = holder.as_deref() == Some(self.identity.as_str());
-        let renewed = spec
-            .renew_time
-            .as_ref()
-            .map(|t| t.0)
-            .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-        let lasts = jiff::SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(seconds)));
-        let expired = holder.is_none() || renewed.checked_add(lasts).map_or(true, |until| until <= now);
+        let record = record_of(&spec);
+        let ours = record.holder.as_deref() == Some(self.identity.as_str());
+        let since = self.observe(record.clone(), local);
+        let lasts = Duration::from_secs(u64::try_from(spec.lease_duration_seconds.unwrap_or(seconds)).unwrap_or(1));
+        let expired = record.holder.is_none() || local.duration_since(since) >= lasts;
         if !ours && !expired {
             return Ok(false);
         }
@@ -87,12 +144,12 @@ impl Elector {
             "spec": {
                 "holderIdentity": self.identity,
                 "leaseDurationSeconds": seconds,
-                "renewTime": MicroTime(now),
+                "renewTime": MicroTime(wall),
                 "leaseTransitions": transitions,
             }
         });
         if !ours {
-            patch["spec"]["acquireTime"] = json!(MicroTime(now));
+            patch["spec"]["acquireTime"] = json!(MicroTime(wall));
         }
         // The resourceVersion makes this a compare-and-swap: of two
         // standbys taking over at once, one gets 409.
@@ -101,7 +158,12 @@ impl Elector {
             .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(updated) => {
+                if let Some(spec) = updated.spec {
+                    self.observe(record_of(&spec), local);
+                }
+                Ok(true)
+            }
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
             Err(e) => Err(e),
         }
@@ -126,6 +188,31 @@ impl Elector {
         {
             Ok(_) | Err(kube::Error::Api(_)) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Renews the Lease until it is lost or cannot be renewed within the
+    /// renew deadline; returns why leadership ended.
+    pub async fn hold(&self) -> String {
+        let mut renewed = Instant::now();
+        loop {
+            tokio::time::sleep(self.retry_every()).await;
+            match self.try_acquire().await {
+                Ok(true) => renewed = Instant::now(),
+                Ok(false) => {
+                    return format!(
+                        "lost the lease to {}",
+                        self.holder().unwrap_or_else(|| "another replica".into())
+                    )
+                }
+                Err(e) if renewed.elapsed() >= self.renew_deadline() => {
+                    return format!(
+                        "could not renew the lease for {:?} ({e}): giving leadership up",
+                        renewed.elapsed()
+                    )
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot renew the lease; retrying"),
+            }
         }
     }
 }

@@ -53,6 +53,8 @@ pub enum RunError {
     Listen(SocketAddr, std::io::Error),
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error("{0}")]
+    LostLease(String),
 }
 
 /// Applies the four CRDs with server-side apply, so an upgrade of the
@@ -68,17 +70,33 @@ pub async fn apply_crds(client: &Client) -> Result<(), kube::Error> {
     Ok(())
 }
 
-/// Probes for a standby: healthy, and not the one to route to.
-fn standby_router() -> axum::Router {
+/// What a standby serves: healthy probes (so rollouts and disruption
+/// budgets work), and a clear 503 naming the leader for everything else.
+fn standby_router(elector: Arc<Elector>) -> axum::Router {
+    use axum::response::IntoResponse;
     use axum::routing::get;
     let ok = || async { axum::Json(serde_json::json!({"status": "standby"})) };
-    axum::Router::new().route("/healthz", get(ok)).route("/readyz", get(ok))
+    axum::Router::new()
+        .route("/healthz", get(ok))
+        .route("/readyz", get(ok))
+        .fallback(move || {
+            let elector = elector.clone();
+            async move {
+                let leader = elector.holder().unwrap_or_else(|| "no replica yet".into());
+                api::error::ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "standby",
+                    format!("this replica is a standby; the leader ({leader}) serves the API"),
+                )
+                .into_response()
+            }
+        })
 }
 
-/// Serves probes until this replica holds the Lease; false when asked to
-/// stop first.
+/// Serves the standby's answers until this replica holds the Lease;
+/// false when asked to stop first.
 async fn wait_for_leadership(
-    elector: &Elector,
+    elector: &Arc<Elector>,
     listen: SocketAddr,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<bool, RunError> {
@@ -86,21 +104,22 @@ async fn wait_for_leadership(
         .await
         .map_err(|e| RunError::Listen(listen, e))?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let router = standby_router(elector.clone());
     let server = tokio::spawn(async move {
-        axum::serve(listener, standby_router())
+        axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 let _ = done_rx.await;
             })
             .await
     });
     let leader = loop {
-        match elector.try_acquire(jiff::Timestamp::now()).await {
+        match elector.try_acquire().await {
             Ok(true) => break true,
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "cannot reach the Lease"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(elector.renew_every()) => {}
+            _ = tokio::time::sleep(elector.retry_every()) => {}
             _ = stop.changed() => break false,
         }
     };
@@ -124,36 +143,72 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
             let _ = stop_tx.send(true);
         });
     }
-    let elector = options
-        .leader_election
-        .as_ref()
-        .map(|le| Elector::new(client.clone(), &le.namespace, &le.lease, &le.pod, le.duration));
-    if let Some(elector) = &elector {
+    let leader = options.leader_election.as_ref().map(|le| {
+        let elector = Arc::new(Elector::new(
+            client.clone(),
+            &le.namespace,
+            &le.lease,
+            &le.pod,
+            le.duration,
+        ));
+        (le.namespace.clone(), le.pod.clone(), elector)
+    });
+    let mut holding = None;
+    let lost: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    if let Some((_, _, elector)) = &leader {
+        // A label left by an earlier run of this pod (killed while it
+        // led) must not route the API here while another replica leads.
+        if let Some(le) = &options.leader_election {
+            if let Err(e) = label_pod(client.clone(), &le.namespace, &le.pod, false).await {
+                tracing::warn!(error = %e, "cannot remove a stale leader label from this pod");
+            }
+        }
         tracing::info!(identity = elector.identity(), "waiting for the lease");
         if !wait_for_leadership(elector, options.listen, &mut stop_rx).await? {
             return Ok(());
         }
         tracing::info!(identity = elector.identity(), "holding the lease: this replica writes");
-        let le = options.leader_election.as_ref().expect("set with the elector");
-        if let Err(e) = label_pod(client.clone(), &le.namespace, &le.pod, true).await {
-            tracing::warn!(error = %e, "cannot label this pod as the leader");
+        // Renewed from now on, also while the CRDs are applied and the
+        // ledger replays; losing it stops this writer.
+        let (elector, stop_tx, lost) = (elector.clone(), stop_tx.clone(), lost.clone());
+        holding = Some(tokio::spawn(async move {
+            let why = elector.hold().await;
+            tracing::error!("{why}; this replica stops writing");
+            if let Ok(mut l) = lost.lock() {
+                *l = Some(why);
+            }
+            let _ = stop_tx.send(true);
+        }));
+    }
+    let pod = leader.as_ref().map(|(ns, pod, _)| (ns.clone(), pod.clone()));
+    let result = serve(&client, options, stop_tx.clone(), stop_rx, pod.clone()).await;
+    if let Some(task) = holding {
+        task.abort();
+    }
+    if let (Some((ns, pod)), Some((_, _, elector))) = (pod, &leader) {
+        if let Err(e) = label_pod(client.clone(), &ns, &pod, false).await {
+            tracing::warn!(error = %e, "cannot remove the leader label from this pod");
+        }
+        if lost.lock().map(|l| l.is_none()).unwrap_or(true) {
+            if let Err(e) = elector.release().await {
+                tracing::warn!(error = %e, "cannot hand the lease back; it expires by itself");
+            }
         }
     }
-    let result = serve(&client, options, stop_tx.clone(), stop_rx, elector.as_ref()).await;
-    if let Some(elector) = &elector {
-        if let Err(e) = elector.release().await {
-            tracing::warn!(error = %e, "cannot hand the lease back; it expires by itself");
-        }
+    if let Some(why) = lost.lock().ok().and_then(|l| l.clone()) {
+        return Err(RunError::LostLease(why));
     }
     result
 }
 
+/// The writer: controller, ledger and API. `leader_pod` is labelled once
+/// the API listens.
 async fn serve(
     client: &Client,
     options: RunOptions,
     stop_tx: tokio::sync::watch::Sender<bool>,
     stop_rx: tokio::sync::watch::Receiver<bool>,
-    elector: Option<&Elector>,
+    leader_pod: Option<(String, String)>,
 ) -> Result<(), RunError> {
     let client = client.clone();
     if options.apply_crds {
@@ -168,6 +223,11 @@ async fn serve(
     let ledger = tokio::task::spawn_blocking(move || Ledger::open_with(&url, Arc::new(SystemClock), ledger_options))
         .await
         .map_err(|e| RunError::Serve(std::io::Error::other(e)))??;
+    if *stop_rx.borrow() {
+        // Stopped (or lost the lease) while replaying: write nothing.
+        tokio::task::spawn_blocking(move || ledger.shutdown()).await.ok();
+        return Ok(());
+    }
 
     let controller = {
         let (client, ledger, operator, mut stop) = (
@@ -196,6 +256,7 @@ async fn serve(
         .await
         .map_err(|e| RunError::Listen(options.listen, e))?;
     tracing::info!(address = %options.listen, backend = ledger.backend(), "credit-operator running");
+    let client_for_label = client.clone();
     let state = AppState {
         ledger: ledger.clone(),
         auth: Arc::new(match options.tokens {
@@ -219,30 +280,12 @@ async fn serve(
             })
             .await
     };
-    // The holder keeps renewing; a lost Lease stops this writer.
-    let renew = async {
-        let Some(elector) = elector else {
-            return std::future::pending::<()>().await;
-        };
-        loop {
-            tokio::time::sleep(elector.renew_every()).await;
-            match elector.try_acquire(jiff::Timestamp::now()).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::error!("lost the lease: another replica writes now; stopping");
-                    let _ = stop_tx.send(true);
-                    return;
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot renew the lease"),
-            }
+    if let Some((ns, pod)) = &leader_pod {
+        if let Err(e) = label_pod(client_for_label.clone(), ns, pod, true).await {
+            tracing::warn!(error = %e, "cannot label this pod as the leader");
         }
-    };
-    tokio::pin!(served);
-    let served = tokio::select! {
-        served = &mut served => served,
-        // Lost the lease: stop accepting work, let answers in flight finish.
-        _ = renew => served.await,
-    };
+    }
+    let served = served.await;
     let _ = stop_tx.send(true);
     sweeper.abort();
     let _ = controller.await;
