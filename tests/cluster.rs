@@ -1314,7 +1314,7 @@ fn two_replicas_on_postgres_elect_one_writer_and_a_standby_takes_over() {
     // duration (plus its retry period) and converges.
     leader.kill();
     let killed = Instant::now();
-    let second = eventually("a new leader", Duration::from_secs(30), || {
+    eventually("a new leader", Duration::from_secs(30), || {
         lease_holder(&cluster).filter(|h| *h == standby_pod && leader_label(&cluster, h).as_deref() == Some("true"))
     });
     let took = killed.elapsed();
