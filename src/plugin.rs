@@ -28,6 +28,9 @@ pub struct Cli {
     /// Kubeconfig context.
     #[arg(long, global = true)]
     pub context: Option<String>,
+    /// Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<std::path::PathBuf>,
     /// Output of reads.
     #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
     pub output: Output,
@@ -501,7 +504,7 @@ pub async fn run(
             if let Some(reason) = reason {
                 approval["reason"] = json!(reason);
             }
-            decide(&requests, &request, approval, ns).await?;
+            decide(&client, &requests, &request, approval, ns).await?;
             writeln!(out, "creditrequest/{request} approved")?;
         }
         Cmd::Deny { request, reason } => {
@@ -510,7 +513,14 @@ pub async fn run(
                 .await
                 .map_err(|e| explain(e, "get creditrequests", ns))?;
             check_pending(&r)?;
-            decide(&requests, &request, json!({"decision": "Deny", "reason": reason}), ns).await?;
+            decide(
+                &client,
+                &requests,
+                &request,
+                json!({"decision": "Deny", "reason": reason}),
+                ns,
+            )
+            .await?;
             writeln!(out, "creditrequest/{request} denied")?;
         }
         Cmd::SetAllocation { member, monthly, extra } => {
@@ -636,7 +646,31 @@ fn check_pending(r: &CreditRequest) -> Result<(), PluginError> {
     Ok(())
 }
 
-async fn decide(api: &Api<CreditRequest>, name: &str, approval: Value, ns: &str) -> Result<(), PluginError> {
+/// Who the API server says the caller is (SelfSubjectReview), if it says.
+async fn whoami(client: &Client) -> Option<String> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    Api::<SelfSubjectReview>::all(client.clone())
+        .create(&Default::default(), &SelfSubjectReview::default())
+        .await
+        .ok()?
+        .status?
+        .user_info?
+        .username
+}
+
+/// Sets `status.approval`, with the caller's username in `by`: where the
+/// chart's mutating policy runs it stamps the same value, and where only
+/// its validating policy runs it demands it.
+async fn decide(
+    client: &Client,
+    api: &Api<CreditRequest>,
+    name: &str,
+    mut approval: Value,
+    ns: &str,
+) -> Result<(), PluginError> {
+    if let Some(me) = whoami(client).await {
+        approval["by"] = json!(me);
+    }
     api.patch_status(
         name,
         &PatchParams::apply(MANAGER),

@@ -1382,3 +1382,130 @@ fn signal(pid: u32, name: &str) {
         .unwrap();
     assert!(status.success(), "kill -{name} {pid}");
 }
+
+#[test]
+fn kubectl_credits_runs_every_subcommand_with_a_real_kubeconfig() {
+    let plane = control_plane!();
+    let cluster = Cluster::with_chart(plane, &[]);
+    cluster.plane.namespace(NS);
+    cluster.apply_examples();
+    for role in ["credit-viewer", "credit-editor", "credit-approver"] {
+        cluster.bind_user("alice@example.com", role);
+    }
+    let _operator = cluster.operator(&OperatorRun::sqlite(&cluster));
+    cluster.wait_for_status("creditgroups", "research", |s| s["distributed"] == "41000");
+    cluster.wait_for_status("creditrequests", "linus-load-test", |s| s["phase"] == "Pending");
+    let kubeconfig = cluster.plane.user_kubeconfig("alice@example.com");
+    let plugin = |args: &[&str]| -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_kubectl-credits"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["-n", NS])
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl credits {}: {}",
+            args.join(" "),
+            text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // Found by the real kubectl as a plugin, reading KUBECONFIG.
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-credits"))
+        .parent()
+        .unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let via_kubectl = Command::new(cluster.plane.kubectl_bin())
+        .args(["credits", "overview", "-n", NS])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(via_kubectl.status.success(), "{}", text(&via_kubectl));
+    let overview = String::from_utf8_lossy(&via_kubectl.stdout).into_owned();
+    assert!(overview.contains("Limit:     100000"), "{overview}");
+    assert!(
+        overview.contains("Allocated: 90000 of 100000 (10000 unallocated)"),
+        "{overview}"
+    );
+
+    let groups = plugin(&["groups"]);
+    let research: Vec<&str> = groups
+        .lines()
+        .find(|l| l.starts_with("research"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        research,
+        ["research", "40000", "5000", "41000", "4000", "500/2000", "0", "4"],
+        "{groups}"
+    );
+    let members = plugin(&["members", "--group", "research", "--search", "ada", "-o", "json"]);
+    let members: Value = serde_json::from_str(&members).unwrap();
+    assert_eq!(members["total"], 1);
+    assert_eq!(members["items"][0]["remaining"], "15500");
+    let pending = plugin(&["requests", "--status", "Pending", "-o", "json"]);
+    let pending: Value = serde_json::from_str(&pending).unwrap();
+    let names: Vec<&str> = pending
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, ["jim-backfill", "linus-load-test"], "{pending}");
+
+    assert!(plugin(&[
+        "approve",
+        "linus-load-test",
+        "--credits",
+        "2500",
+        "--reason",
+        "half now"
+    ])
+    .contains("approved"));
+    assert!(plugin(&["deny", "jim-backfill", "--reason", "not this cycle"]).contains("denied"));
+    let approved = cluster.wait_for_status("creditrequests", "linus-load-test", |s| s["phase"] == "Approved");
+    assert_eq!(
+        (approved["approvedCredits"].as_str(), approved["decidedBy"].as_str()),
+        (Some("2500"), Some("alice@example.com"))
+    );
+    cluster.wait_for_status("creditrequests", "jim-backfill", |s| s["phase"] == "Denied");
+
+    plugin(&["set-allocation", "ada", "--monthly", "14000", "--extra", "1000"]);
+    cluster.wait_for_status("creditgroups", "research", |s| s["distributed"] == "42000");
+    plugin(&["set-limit", "acme", "120000", "--yes"]);
+    cluster.wait_for_status("creditaccounts", "acme", |s| s["balance"] == "120000");
+    plugin(&["set-factor", "acme", "50"]);
+    plugin(&["set-signup", "acme", "600"]);
+    let spec = cluster.plane.object("creditaccounts", NS, "acme").unwrap()["spec"].clone();
+    assert_eq!(
+        (spec["creditFactor"].as_str(), spec["signupCredits"].as_str()),
+        (Some("50"), Some("600"))
+    );
+    plugin(&["set-cadence", "acme", "15d", "--yes"]);
+    let changed = cluster.wait_for_status("creditaccounts", "acme", |s| s["cycle"]["number"] == 2);
+    assert_eq!(changed["lastReset"]["reason"], "CadenceChanged");
+    plugin(&["reset-cycle", "acme", "--yes"]);
+    let reset = cluster.wait_for_status("creditaccounts", "acme", |s| s["cycle"]["number"] == 3);
+    assert_eq!(reset["lastReset"]["reason"], "Manual");
+
+    // Without the role, a clear refusal naming what is missing.
+    let carol = cluster.plane.user_kubeconfig("carol@example.com");
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-credits"))
+        .arg("--kubeconfig")
+        .arg(&carol)
+        .args(["-n", NS, "groups"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("you may not list creditgroups in namespace ml-platform"),
+        "{}",
+        text(&out)
+    );
+}

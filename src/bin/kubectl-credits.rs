@@ -20,14 +20,29 @@ fn main() -> ExitCode {
             context: cli.context.clone(),
             ..Default::default()
         };
-        let config = match kube::Config::from_kubeconfig(&options).await {
-            Ok(c) => c,
-            Err(_) => match kube::Config::infer().await {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: no kubeconfig: {e}");
-                    return ExitCode::FAILURE;
+        let config = match &cli.kubeconfig {
+            Some(path) => {
+                let loaded = match kube::config::Kubeconfig::read_from(path) {
+                    Ok(k) => kube::Config::from_custom_kubeconfig(k, &options).await,
+                    Err(e) => Err(e),
+                };
+                match loaded {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("error: {}: {e}", path.display());
+                        return ExitCode::FAILURE;
+                    }
                 }
+            }
+            None => match kube::Config::from_kubeconfig(&options).await {
+                Ok(c) => c,
+                Err(_) => match kube::Config::infer().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("error: no kubeconfig: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
             },
         };
         let namespace = cli
