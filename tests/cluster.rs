@@ -432,7 +432,7 @@ impl Operator {
             .env("CREDITS_LEDGER", &run.ledger)
             .env("POD_NAMESPACE", &cluster.release_ns)
             .env("POD_NAME", format!("{}-0", cluster.release))
-            .env("RUST_LOG", "info,kube=warn")
+            .env("RUST_LOG", "info,kube=warn,kube_runtime::watcher=debug")
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -1508,4 +1508,179 @@ fn kubectl_credits_runs_every_subcommand_with_a_real_kubeconfig() {
         "{}",
         text(&out)
     );
+}
+
+fn etcd_key(plural: &str, name: &str) -> String {
+    format!("/registry/credits.alchemi.io/{plural}/{NS}/{name}")
+}
+
+#[test]
+fn the_operator_rides_out_an_apiserver_restart_and_a_compaction_without_restarting() {
+    let mut plane = control_plane!();
+    plane.install_crds();
+    let cluster = Cluster::with_chart(plane, &[]);
+    cluster.plane.namespace(NS);
+    cluster.apply_examples();
+    let mut operator = cluster.operator(&OperatorRun::sqlite(&cluster));
+    let gateway = cluster.api_client("router", &["credit-gateway"]);
+    cluster.wait_for_status("memberallocations", "katherine", |s| s["monthlyCredits"] == "500");
+    cluster.wait_for_status("creditrequests", "ada-training-run", |s| s["phase"] == "AutoApproved");
+    let db = cluster.plane.dir.path().join("credits.db");
+    let configured = (
+        journal_count(&db, "GroupConfigured"),
+        journal_count(&db, "MemberConfigured"),
+        journal_count(&db, "RequestSubmitted"),
+    );
+    let pid = operator.pid();
+    // The gateway's token is known (cached) before the outage.
+    let (code, _) = call(
+        &operator,
+        "POST",
+        &account_path("/authorize"),
+        &gateway,
+        Some(json!({"member": "u-1001", "credits": "1"})),
+    );
+    assert_eq!(code, 200);
+
+    // The API server goes away. Usage keeps being recorded (the caller's
+    // token is cached), and katherine is deleted behind every watch's
+    // back, straight from etcd.
+    let mut cluster = cluster;
+    cluster.plane.stop_apiserver();
+    let (code, _) = call(
+        &operator,
+        "POST",
+        &account_path("/usage"),
+        &gateway,
+        Some(json!({"member": "u-1001", "credits": "75", "idempotencyKey": "during-outage"})),
+    );
+    assert_eq!(code, 200, "usage while the API server is down");
+    cluster.plane.etcd_delete(&etcd_key("memberallocations", "katherine"));
+    // Compacted past every revision the operator's watches know: they
+    // resume with 410 Gone and must list again.
+    cluster.plane.compact_etcd();
+    cluster.plane.start_again();
+
+    cluster.wait_for_status("memberallocations", "ada", |s| s["used"] == "75");
+    cluster.wait_for_status("creditgroups", "default", |s| s["members"] == 1);
+    assert!(!operator.exited(), "the operator restarted");
+    assert_eq!(operator.pid(), pid);
+    assert!(
+        operator.log().contains("code: 410"),
+        "the watches resumed without 410 Gone: the scenario did not happen"
+    );
+    // Relisting did no work twice: nothing configured again, katherine
+    // removed once.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        (
+            journal_count(&db, "GroupConfigured"),
+            journal_count(&db, "MemberConfigured"),
+            journal_count(&db, "RequestSubmitted"),
+        ),
+        configured
+    );
+    assert_eq!(journal_count(&db, "MemberRemoved"), 1);
+    // And the operator follows new edits as before.
+    cluster.plane.kubectl_ok(&[
+        "patch",
+        "creditgroup",
+        "data",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"monthlyCredits":16000}}"#,
+    ]);
+    cluster.wait_for_status("creditgroups", "data", |s| s["available"] == "2000");
+    operator.assert_no_forbidden();
+    operator.kill();
+}
+
+#[test]
+fn a_malformed_object_is_reported_on_itself_and_stalls_nothing() {
+    let plane = control_plane!();
+    let cluster = Cluster::with_chart(plane, &[]);
+    cluster.plane.namespace(NS);
+    cluster.apply_examples();
+    // An older, looser MemberAllocation CRD admitted an object the
+    // current one would refuse; it stays stored as it was.
+    let crds = credit_operator::crd::all_crds();
+    let mut loose =
+        serde_json::to_value(crds.iter().find(|c| c.spec.names.kind == "MemberAllocation").unwrap()).unwrap();
+    let schema = &mut loose["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    schema["properties"]["spec"] = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    schema["required"] = json!([]);
+    cluster.plane.apply_ok(&loose.to_string());
+    let broken = json!({"apiVersion": "credits.alchemi.io/v1alpha1", "kind": "MemberAllocation",
+        "metadata": {"name": "broken", "namespace": NS},
+        "spec": {"user": "u-9999", "monthlyCredits": "lots"}});
+    eventually("the loose CRD to admit the object", Duration::from_secs(30), || {
+        cluster.plane.apply(&broken.to_string()).status.success().then_some(())
+    });
+    cluster.plane.install_crds();
+
+    let operator = cluster.operator(&OperatorRun::sqlite(&cluster));
+    // The others converge and follow edits.
+    cluster.wait_for_status("creditgroups", "research", |s| s["distributed"] == "41000");
+    cluster.plane.kubectl_ok(&[
+        "patch",
+        "creditgroup",
+        "research",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"extraCredits":6000}}"#,
+    ]);
+    cluster.wait_for_status("creditgroups", "research", |s| s["available"] == "5000");
+    // The broken one says what is wrong with it in an Event regarding it
+    // (its status cannot be written: its stored spec breaks the CRD).
+    let note = eventually("an InvalidObject event", Duration::from_secs(30), || {
+        let events: Value =
+            serde_json::from_str(
+                &cluster
+                    .plane
+                    .kubectl_ok(&["get", "events.events.k8s.io", "-n", NS, "-o", "json"]),
+            )
+            .ok()?;
+        events["items"]
+            .as_array()?
+            .iter()
+            .find(|e| e["reason"] == "InvalidObject" && e["regarding"]["name"] == "broken")
+            .and_then(|e| e["note"].as_str().map(str::to_string))
+    });
+    assert!(note.contains("MemberAllocation broken cannot be read"), "{note}");
+    assert!(note.contains("lots") || note.contains("user"), "{note}");
+    // Nothing was removed on its account.
+    let db = cluster.plane.dir.path().join("credits.db");
+    assert_eq!(journal_count(&db, "MemberRemoved"), 0);
+    operator.assert_no_forbidden();
+}
+
+#[test]
+fn a_duplicate_account_takes_over_when_the_older_one_is_deleted() {
+    let plane = control_plane!();
+    let cluster = Cluster::with_chart(plane, &[]);
+    cluster.plane.namespace(NS);
+    cluster.apply_examples();
+    let operator = cluster.operator(&OperatorRun::sqlite(&cluster));
+    cluster.wait_for_status("creditaccounts", "acme", |s| s["used"] == "0");
+    cluster.plane.apply_ok(
+        &json!({"apiVersion": "credits.alchemi.io/v1alpha1", "kind": "CreditAccount",
+                "metadata": {"name": "newco", "namespace": NS},
+                "spec": {"creditsPerCycle": 5000, "cadence": "1w", "creditFactor": 1}})
+        .to_string(),
+    );
+    let duplicate = cluster.wait_for_status("creditaccounts", "newco", |s| {
+        s["conditions"][0]["reason"] == "DuplicateAccount"
+    });
+    assert!(duplicate["cycle"].is_null());
+    cluster.plane.kubectl_ok(&["delete", "creditaccount", "acme", "-n", NS]);
+    let promoted = cluster.wait_for_status("creditaccounts", "newco", |s| {
+        s["conditions"][0]["reason"] == "Reconciled"
+    });
+    assert_eq!(promoted["creditsPerCycle"], "5000");
+    assert_eq!(promoted["cycle"]["number"], 1);
+    operator.assert_no_forbidden();
 }

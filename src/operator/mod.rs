@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use kube::api::{Patch, PatchParams};
+use kube::core::error_boundary::InvalidObject;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -89,10 +91,12 @@ impl Bucket {
 struct Ctx {
     client: Client,
     ledger: Ledger,
-    accounts: Store<CreditAccount>,
-    groups: Store<CreditGroup>,
-    members: Store<MemberAllocation>,
-    requests: Store<CreditRequest>,
+    accounts: Store<Guarded<CreditAccount>>,
+    groups: Store<Guarded<CreditGroup>>,
+    members: Store<Guarded<MemberAllocation>>,
+    requests: Store<Guarded<CreditRequest>>,
+    /// Malformed objects already reported: uid → resourceVersion.
+    reported: Mutex<HashMap<String, String>>,
     bucket: Mutex<Bucket>,
     options: OperatorOptions,
     recorder: Recorder,
@@ -143,26 +147,50 @@ fn by_generation<K: Resource>(o: &K) -> u64 {
     ))
 }
 
-fn request_predicate(r: &CreditRequest) -> u64 {
-    let approval = r
-        .status
-        .as_ref()
-        .and_then(|s| s.approval.as_ref())
-        .map(|a| serde_json::to_string(a).unwrap_or_default());
+fn request_predicate(r: &Guarded<CreditRequest>) -> u64 {
+    let approval =
+        r.0.as_ref()
+            .ok()
+            .and_then(|r| r.status.as_ref())
+            .and_then(|s| s.approval.as_ref())
+            .map(|a| serde_json::to_string(a).unwrap_or_default());
     hash_of(&(r.meta().generation, approval))
+}
+
+/// A watched object that may not deserialize: one malformed object (say,
+/// written before a CRD tightened) must not stall a whole watch.
+type Guarded<K> = DeserializeGuard<K>;
+
+/// The well-formed objects of a store in `ns`, and the malformed ones.
+fn split<K: Clone>(store: &Store<Guarded<K>>, ns: &str) -> (Vec<K>, Vec<InvalidObject>)
+where
+    K: Resource<DynamicType = ()>,
+{
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for o in store.state() {
+        if o.meta().namespace.as_deref() != Some(ns) {
+            continue;
+        }
+        match &o.0 {
+            Ok(k) => good.push(k.clone()),
+            Err(e) => bad.push(e.clone()),
+        }
+    }
+    (good, bad)
 }
 
 fn reflect<K>(
     client: &Client,
 ) -> (
-    Store<K>,
-    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    Store<Guarded<K>>,
+    impl Stream<Item = Result<watcher::Event<Guarded<K>>, watcher::Error>> + Send + 'static,
 )
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+    let stream = watcher(Api::<Guarded<K>>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .reflect(writer);
     (reader, stream)
@@ -179,10 +207,10 @@ pub async fn run(
     let (members, member_events) = reflect::<MemberAllocation>(&client);
     let (requests, request_events) = reflect::<CreditRequest>(&client);
     let (accounts, account_events) = reflect::<CreditAccount>(&client);
-    let accounts_stream = changes(account_events, by_generation::<CreditAccount>);
+    let accounts_stream = changes(account_events, by_generation::<Guarded<CreditAccount>>);
 
-    let to_accounts = |store: Store<CreditAccount>| {
-        move |o: &dyn ResourceNs| -> Vec<ObjectRef<CreditAccount>> {
+    let to_accounts = |store: Store<Guarded<CreditAccount>>| {
+        move |o: &dyn ResourceNs| -> Vec<ObjectRef<Guarded<CreditAccount>>> {
             let ns = o.ns();
             store
                 .state()
@@ -211,6 +239,7 @@ pub async fn run(
         groups,
         members,
         requests,
+        reported: Mutex::default(),
         bucket: Mutex::new(Bucket {
             tokens: options.status_writes_per_second.max(1.0),
             rate: options.status_writes_per_second,
@@ -220,12 +249,13 @@ pub async fn run(
         recorder,
     });
     Controller::for_stream(accounts_stream, accounts)
-        .watches_stream(changes(group_events, by_generation::<CreditGroup>), move |g| {
+        .watches_stream(changes(group_events, by_generation::<Guarded<CreditGroup>>), move |g| {
             for_groups(&g)
         })
-        .watches_stream(changes(member_events, by_generation::<MemberAllocation>), move |m| {
-            for_members(&m)
-        })
+        .watches_stream(
+            changes(member_events, by_generation::<Guarded<MemberAllocation>>),
+            move |m| for_members(&m),
+        )
         .watches_stream(changes(request_events, request_predicate), move |r| for_requests(&r))
         .graceful_shutdown_on(shutdown)
         .run(reconcile_account, error_policy, ctx)
@@ -248,7 +278,7 @@ impl<K: Resource> ResourceNs for K {
     }
 }
 
-fn error_policy(_: Arc<CreditAccount>, error: &Error, _: Arc<Ctx>) -> Action {
+fn error_policy(_: Arc<Guarded<CreditAccount>>, error: &Error, _: Arc<Ctx>) -> Action {
     tracing::warn!(%error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }
@@ -279,7 +309,7 @@ fn approver(s: &Sourced) -> String {
 /// `decidedBy` of an approval no admission policy stamped.
 pub const UNKNOWN_APPROVER: &str = "unknown";
 
-async fn reconcile_account(account: Arc<CreditAccount>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+async fn reconcile_account(guarded: Arc<Guarded<CreditAccount>>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     // The Controller waits for the accounts' store only. A namespace stated
     // from a store that has not listed yet would read as "no groups, no
     // members": wait for all four (immediate once they have listed; a
@@ -294,18 +324,20 @@ async fn reconcile_account(account: Arc<CreditAccount>, ctx: Arc<Ctx>) -> Result
     if ready.0.is_err() || ready.1.is_err() || ready.2.is_err() || ready.3.is_err() {
         return Ok(Action::await_change());
     }
+    let account = match &guarded.0 {
+        Ok(a) => Arc::new(a.clone()),
+        Err(invalid) => {
+            report_invalid::<CreditAccount>(&ctx, invalid).await;
+            return Ok(Action::await_change());
+        }
+    };
     let ns = account.namespace().unwrap_or_default();
     let name = account.name_any();
     // One active account per namespace: the oldest.
-    let oldest = ctx
-        .accounts
-        .state()
-        .into_iter()
-        .filter(|a| a.namespace().as_deref() == Some(ns.as_str()))
-        .min_by(|a, b| {
-            (a.metadata.creation_timestamp.as_ref().map(|t| t.0), a.name_any())
-                .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.name_any()))
-        });
+    let oldest = split(&ctx.accounts, &ns).0.into_iter().min_by(|a, b| {
+        (a.metadata.creation_timestamp.as_ref().map(|t| t.0), a.name_any())
+            .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.name_any()))
+    });
     if oldest.is_some_and(|o| o.name_any() != name) {
         let now = ctx.ledger.clock().now();
         let current = account
@@ -326,7 +358,9 @@ async fn reconcile_account(account: Arc<CreditAccount>, ctx: Arc<Ctx>) -> Result
         );
         let desired = json!({"observedGeneration": account.metadata.generation, "conditions": conditions});
         write_status::<CreditAccount>(&ctx, &ns, &name, account.status.as_ref(), desired).await?;
-        return Ok(Action::await_change());
+        // Looked at again: it takes over once the older account is gone
+        // (whose deletion triggers no reconcile of this one).
+        return Ok(Action::requeue(ctx.options.staleness));
     }
 
     // State the namespace to the ledger.
@@ -337,42 +371,54 @@ async fn reconcile_account(account: Arc<CreditAccount>, ctx: Arc<Ctx>) -> Result
         0,
         Object::Account((*account).clone()),
     )];
-    let in_ns = |m: &kube::core::ObjectMeta| m.namespace.as_deref() == Some(ns.as_str());
-    for g in ctx.groups.state().into_iter().filter(|g| in_ns(&g.metadata)) {
+    let (groups, bad_groups) = split(&ctx.groups, &ns);
+    let (members, bad_members) = split(&ctx.members, &ns);
+    let (requests, bad_requests) = split(&ctx.requests, &ns);
+    for g in &groups {
         objects.push(sourced(
             "CreditGroup",
             &ns,
             &g.name_any(),
             objects.len(),
-            Object::Group((*g).clone()),
+            Object::Group(g.clone()),
         ));
     }
-    for m in ctx.members.state().into_iter().filter(|m| in_ns(&m.metadata)) {
+    for m in &members {
         objects.push(sourced(
             "MemberAllocation",
             &ns,
             &m.name_any(),
             objects.len(),
-            Object::Member((*m).clone()),
+            Object::Member(m.clone()),
         ));
     }
-    let requests: Vec<Arc<CreditRequest>> = ctx
-        .requests
-        .state()
-        .into_iter()
-        .filter(|r| in_ns(&r.metadata))
-        .collect();
     for r in &requests {
         objects.push(sourced(
             "CreditRequest",
             &ns,
             &r.name_any(),
             objects.len(),
-            Object::Request((**r).clone()),
+            Object::Request(r.clone()),
         ));
     }
+    // A malformed object keeps its last good state in the ledger: while
+    // one exists, nothing in its namespace is removed (the standalone rule
+    // for a broken file).
+    for invalid in &bad_groups {
+        report_invalid::<CreditGroup>(&ctx, invalid).await;
+    }
+    for invalid in &bad_members {
+        report_invalid::<MemberAllocation>(&ctx, invalid).await;
+    }
+    for invalid in &bad_requests {
+        report_invalid::<CreditRequest>(&ctx, invalid).await;
+    }
+    let malformed = bad_groups.len() + bad_members.len() + bad_requests.len();
+    if malformed > 0 {
+        tracing::debug!(namespace = %ns, malformed, "malformed objects: removals in this namespace wait until they are fixed");
+    }
     let refs: Vec<&Sourced> = objects.iter().collect();
-    let report = reconcile::apply_desired(&ctx.ledger, &refs, true, Some(&ns), approver).await;
+    let report = reconcile::apply_desired(&ctx.ledger, &refs, malformed == 0, Some(&ns), approver).await;
     for p in &report.problems {
         tracing::warn!("{p}");
     }
@@ -395,22 +441,16 @@ async fn reconcile_account(account: Arc<CreditAccount>, ctx: Arc<Ctx>) -> Result
             &conds(account.status.as_ref().map(|s| &s.conditions)),
             now,
         );
-        let groups: Vec<(String, Option<crate::crd::CreditGroupStatus>, Value)> = ctx
-            .groups
-            .state()
-            .into_iter()
-            .filter(|g| in_ns(&g.metadata))
+        let groups: Vec<(String, Option<crate::crd::CreditGroupStatus>, Value)> = groups
+            .iter()
             .filter_map(|g| {
                 let current = g.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
                 let desired = status::group(acct, &g.name_any(), g.metadata.generation, &current, now)?;
                 Some((g.name_any(), g.status.clone(), serde_json::to_value(desired).ok()?))
             })
             .collect();
-        let members: Vec<(String, Option<crate::crd::MemberAllocationStatus>, Value)> = ctx
-            .members
-            .state()
-            .into_iter()
-            .filter(|m| in_ns(&m.metadata))
+        let members: Vec<(String, Option<crate::crd::MemberAllocationStatus>, Value)> = members
+            .iter()
             .filter_map(|m| {
                 let current = m.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
                 let desired = status::member(
@@ -518,7 +558,7 @@ async fn reconcile_account(account: Arc<CreditAccount>, ctx: Arc<Ctx>) -> Result
             let by = desired["decidedBy"].as_str().unwrap_or_default().to_string();
             publish(
                 &ctx,
-                &*r,
+                &r,
                 after,
                 format!(
                     "{after} by {by}: {} credits",
@@ -536,6 +576,82 @@ async fn reconcile_account(account: Arc<CreditAccount>, ctx: Arc<Ctx>) -> Result
         ctx.options.staleness.min(Duration::from_secs(until_boundary))
     };
     Ok(Action::requeue(wait))
+}
+
+/// Reports an object that does not deserialize (written, say, before a
+/// CRD tightened): a Warning Event `InvalidObject` regarding it (what
+/// `kubectl describe` shows), and a `Ready=False` condition where the API
+/// server still accepts a status write for it (not where the stored spec
+/// breaks a rule of the current CRD); once per version of the object.
+async fn report_invalid<K>(ctx: &Ctx, invalid: &InvalidObject)
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let meta = &invalid.metadata;
+    let (Some(ns), Some(name), Some(uid)) = (&meta.namespace, &meta.name, &meta.uid) else {
+        return;
+    };
+    let version = meta.resource_version.clone().unwrap_or_default();
+    if ctx
+        .reported
+        .lock()
+        .map(|r| r.get(uid) == Some(&version))
+        .unwrap_or(false)
+    {
+        return;
+    }
+    let kind = K::kind(&());
+    tracing::warn!(kind = %kind, namespace = %ns, name = %name, error = %invalid.error, "malformed object: ignored until it is fixed");
+    let message = format!(
+        "{kind} {name} cannot be read: {}; it keeps its last good state until it is fixed",
+        invalid.error
+    );
+    let now = status::api_time(ctx.ledger.clock().now());
+    let patch = json!({"status": {"conditions": [{
+        "type": "Ready", "status": "False", "reason": "InvalidObject", "message": message,
+        "observedGeneration": meta.generation, "lastTransitionTime": now,
+    }]}});
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    // The answer is the same malformed object: read it guarded too.
+    let written = Api::<Guarded<K>>::namespaced(ctx.client.clone(), ns)
+        .patch_status(name, &params, &Patch::Merge(&patch))
+        .await;
+    if let Err(e) = &written {
+        tracing::info!(error = %e, "the malformed object's status cannot be written; its Event reports it");
+    }
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(format!("{GROUP}/{VERSION}")),
+        kind: Some(kind.to_string()),
+        name: Some(name.clone()),
+        namespace: Some(ns.clone()),
+        uid: Some(uid.clone()),
+        ..Default::default()
+    };
+    let event = KubeEvent {
+        type_: EventType::Warning,
+        reason: "InvalidObject".into(),
+        note: Some(message.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        tracing::warn!(error = %e, "cannot publish an event");
+    }
+    // Reported for this version (the status write makes a new version,
+    // which is remembered too).
+    if let Ok(mut reported) = ctx.reported.lock() {
+        let version = written
+            .ok()
+            .and_then(|o| o.meta().resource_version.clone())
+            .unwrap_or(version);
+        reported.insert(uid.clone(), version);
+    }
 }
 
 /// Applies `desired` as the object's status when it differs from `current`
@@ -685,8 +801,9 @@ async fn ensure_default_group(ctx: &Ctx, ns: &str, account: &str, name: &str) ->
 /// Applies the removal of accounts deleted from the cluster: a deleted
 /// account is never reconciled again, so a sweep compares the two.
 pub async fn sweep_deleted_accounts(client: &Client, ledger: &Ledger) -> Result<(), Error> {
+    // Metadata only: a malformed account must not hide the others.
     let listed = Api::<CreditAccount>::all(client.clone())
-        .list(&Default::default())
+        .list_metadata(&Default::default())
         .await?;
     let present: std::collections::BTreeSet<String> = listed
         .items

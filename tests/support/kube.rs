@@ -311,6 +311,17 @@ impl ControlPlane {
         revision
     }
 
+    /// Deletes a key straight from etcd, behind the API server's back.
+    pub fn etcd_delete(&self, key: &str) {
+        use base64::Engine;
+        let key = base64::engine::general_purpose::STANDARD.encode(key);
+        let answer = http_agent()
+            .post(format!("http://127.0.0.1:{}/v3/kv/deleterange", self.etcd_port))
+            .send_json(serde_json::json!({ "key": key }))
+            .expect("etcd deleterange");
+        assert_eq!(answer.status(), 200, "etcd deleterange");
+    }
+
     /// The CA of the API server's serving certificate.
     pub fn ca(&self) -> PathBuf {
         self.dir.path().join("pki/apiserver.crt")
