@@ -162,9 +162,9 @@ fn request_predicate(r: &Guarded<CreditRequest>) -> u64 {
 type Guarded<K> = DeserializeGuard<K>;
 
 /// The well-formed objects of a store in `ns`, and the malformed ones.
-fn split<K: Clone>(store: &Store<Guarded<K>>, ns: &str) -> (Vec<K>, Vec<InvalidObject>)
+fn split<K>(store: &Store<Guarded<K>>, ns: &str) -> (Vec<K>, Vec<InvalidObject>)
 where
-    K: Resource<DynamicType = ()>,
+    K: Resource<DynamicType = ()> + Clone,
 {
     let mut good = Vec::new();
     let mut bad = Vec::new();
@@ -180,12 +180,10 @@ where
     (good, bad)
 }
 
-fn reflect<K>(
-    client: &Client,
-) -> (
-    Store<Guarded<K>>,
-    impl Stream<Item = Result<watcher::Event<Guarded<K>>, watcher::Error>> + Send + 'static,
-)
+/// The watch events of one kind.
+type Events<K> = Result<watcher::Event<Guarded<K>>, watcher::Error>;
+
+fn reflect<K>(client: &Client) -> (Store<Guarded<K>>, impl Stream<Item = Events<K>> + Send + 'static)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
