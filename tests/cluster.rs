@@ -1516,8 +1516,7 @@ fn etcd_key(plural: &str, name: &str) -> String {
 
 #[test]
 fn the_operator_rides_out_an_apiserver_restart_and_a_compaction_without_restarting() {
-    let mut plane = control_plane!();
-    plane.install_crds();
+    let plane = control_plane!();
     let cluster = Cluster::with_chart(plane, &[]);
     cluster.plane.namespace(NS);
     cluster.apply_examples();
