@@ -417,13 +417,17 @@ fn free_port() -> u16 {
 impl Operator {
     fn start(cluster: &Cluster, run: &OperatorRun) -> Operator {
         let port = free_port();
+        // The chart's args, where `run.extra` names a flag its value wins.
+        let mut extra = run.extra.clone();
+        extra.push(format!("--listen=127.0.0.1:{port}"));
+        let flag = |a: &str| a.split('=').next().unwrap_or(a).to_string();
+        let overridden: Vec<String> = extra.iter().map(|a| flag(a)).collect();
         let mut args: Vec<String> = cluster
             .chart_args()
             .into_iter()
-            .filter(|a| !a.starts_with("--listen") && !a.starts_with("--status-staleness-seconds"))
+            .filter(|a| !overridden.contains(&flag(a)))
             .collect();
-        args.push(format!("--listen=127.0.0.1:{port}"));
-        args.extend(run.extra.iter().cloned());
+        args.extend(extra);
         let log = cluster.plane.dir.path().join(format!("operator-{port}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_credit-operator"));
@@ -1681,5 +1685,83 @@ fn a_duplicate_account_takes_over_when_the_older_one_is_deleted() {
     });
     assert_eq!(promoted["creditsPerCycle"], "5000");
     assert_eq!(promoted["cycle"]["number"], 1);
+    operator.assert_no_forbidden();
+}
+
+#[test]
+fn ten_thousand_members_converge_from_a_cold_start() {
+    let members: usize = std::env::var("CREDITS_SCALE_MEMBERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    let writes_per_second = 500;
+    let plane = control_plane!();
+    let cluster = Cluster::with_chart(plane, &[]);
+    cluster.plane.namespace(NS);
+    let mut yaml = String::new();
+    yaml.push_str(&format!(
+        "apiVersion: credits.alchemi.io/v1alpha1\nkind: CreditAccount\nmetadata: {{name: acme, namespace: {NS}}}\nspec: {{creditsPerCycle: 100000000, cadence: CalendarMonth, creditFactor: 100, defaultGroup: team-0}}\n"
+    ));
+    for g in 0..10 {
+        yaml.push_str(&format!(
+            "---\napiVersion: credits.alchemi.io/v1alpha1\nkind: CreditGroup\nmetadata: {{name: team-{g}, namespace: {NS}}}\nspec: {{monthlyCredits: 1000000}}\n"
+        ));
+    }
+    for m in 0..members {
+        yaml.push_str(&format!(
+            "---\napiVersion: credits.alchemi.io/v1alpha1\nkind: MemberAllocation\nmetadata: {{name: m-{m}, namespace: {NS}}}\nspec: {{group: team-{}, user: {{id: u-{m}, email: m-{m}@example.com}}, monthlyCredits: {}}}\n",
+            m % 10,
+            100 + m % 7
+        ));
+    }
+    let created = Instant::now();
+    let out = cluster.plane.kubectl_with(
+        &cluster.plane.admin_kubeconfig,
+        &["create", "-f", "-", "-o", "name"],
+        Some(&yaml),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let create_seconds = created.elapsed().as_secs_f64();
+
+    let writes_before = status_writes(&cluster.plane);
+    let mut run = OperatorRun::sqlite(&cluster);
+    run.extra
+        .push(format!("--status-writes-per-second={writes_per_second}"));
+    let started = Instant::now();
+    let operator = cluster.operator(&run);
+    let published = |plane: &ControlPlane| -> usize {
+        let out = plane.kubectl(&["get", "memberallocations", "-n", NS, "-o", "json"]);
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        list["items"]
+            .as_array()
+            .map(|items| items.iter().filter(|m| m["status"]["remaining"].is_string()).count())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while published(&cluster.plane) < members {
+        assert!(Instant::now() < deadline, "not converged after 15 minutes");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let converged = started.elapsed();
+    cluster.wait_for_status("creditgroups", "team-3", |s| s["members"] == members / 10);
+    let account = cluster.wait_for_status("creditaccounts", "acme", |s| s["groups"] == 10);
+    assert_eq!(account["allocated"], "10000000");
+    let writes = status_writes(&cluster.plane) - writes_before;
+    // Baselines from the same run: the rate limit's floor, and how long
+    // kubectl took to create the objects one request each.
+    eprintln!(
+        "SCALE members={members} converged_seconds={:.1} status_writes={writes} writes_per_second_limit={writes_per_second} \
+         rate_limit_floor_seconds={:.1} kubectl_create_seconds={create_seconds:.1}",
+        converged.as_secs_f64(),
+        writes as f64 / f64::from(writes_per_second)
+    );
+    // One write per object (members, groups, the account), give or take
+    // a group or account written again while the members were arriving.
+    assert!(writes >= members as u64 + 11, "{writes} writes");
+    assert!(
+        writes <= members as u64 + 11 + 50,
+        "{writes} writes for {} objects",
+        members + 11
+    );
     operator.assert_no_forbidden();
 }

@@ -1,6 +1,9 @@
-//! The real kube-runtime Controller against the in-memory API server:
-//! specs reach the ledger, statuses converge to the numbers, approvals by
-//! status patch, resets once, bounded status writes.
+//! The real kube-runtime Controller against the in-memory API server, for
+//! what needs a clock the test moves or more load than a real server
+//! takes quickly: scheduled resets across restarts, bounded status writes
+//! under a stream of usage, and the ledger's authority over statuses the
+//! chart's admission policy would refuse. (Everything else runs against a
+//! real kube-apiserver in `tests/cluster.rs`.)
 
 mod support;
 
@@ -134,145 +137,6 @@ fn request(api: &FakeApi, name: &str, member: &str, credits: u64) {
         json!({"apiVersion": "credits.alchemi.io/v1alpha1", "kind": "CreditRequest",
         "metadata": {"name": name}, "spec": {"member": member, "credits": credits, "reason": "more"}}),
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn statuses_converge_to_the_numbers_and_follow_member_edits() {
-    let api = FakeApi::new();
-    seed(&api, "CalendarMonth");
-    let run = Running::start(api, options(200, 100.0));
-    run.wait_for("the member statuses", |api| {
-        api.object("memberallocations", NS, "bob")
-            .is_some_and(|o| o["status"]["remaining"] == "1000")
-    })
-    .await;
-    run.usage("u-alice", "250", "k1").await;
-    run.wait_for("alice's usage", |api| {
-        api.object("memberallocations", NS, "alice")
-            .is_some_and(|o| o["status"]["used"] == "250")
-    })
-    .await;
-    let alice = run.status("memberallocations", "alice");
-    assert_eq!(
-        (alice["group"].as_str(), alice["remaining"].as_str()),
-        (Some("ml"), Some("1750"))
-    );
-    run.wait_for("the group status", |api| {
-        api.object("creditgroups", NS, "ml")
-            .is_some_and(|o| o["status"]["used"] == "250")
-    })
-    .await;
-    let ml = run.status("creditgroups", "ml");
-    assert_eq!(
-        (
-            ml["budget"].as_str(),
-            ml["distributed"].as_str(),
-            ml["available"].as_str(),
-            ml["members"].as_u64()
-        ),
-        (Some("4500"), Some("3000"), Some("1500"), Some(2))
-    );
-    let acct = run.status("creditaccounts", "acme");
-    assert_eq!(
-        (
-            acct["used"].as_str(),
-            acct["balance"].as_str(),
-            acct["allocated"].as_str(),
-            acct["usagePercent"].as_str()
-        ),
-        (Some("250"), Some("9750"), Some("5500"), Some("2.5"))
-    );
-    assert_eq!(acct["cycle"]["start"], "2026-11-01T00:00:00Z");
-    assert_eq!(acct["conditions"][0]["type"], "Ready");
-
-    // Editing a member's allocation updates its group.
-    assert_eq!(
-        run.api.merge_patch(
-            "memberallocations",
-            NS,
-            "bob",
-            false,
-            json!({"spec": {"monthlyCredits": 1400}})
-        ),
-        200
-    );
-    run.wait_for("the edited distribution", |api| {
-        api.object("creditgroups", NS, "ml")
-            .is_some_and(|o| o["status"]["distributed"] == "3400")
-    })
-    .await;
-    let bob = run.status("memberallocations", "bob");
-    assert_eq!(
-        (bob["monthlyCredits"].as_str(), bob["observedGeneration"].as_i64()),
-        (Some("1400"), Some(2))
-    );
-
-    // A member naming a missing group is flagged.
-    run.api.create_object(
-        "memberallocations",
-        NS,
-        json!({"apiVersion": "credits.alchemi.io/v1alpha1", "kind": "MemberAllocation",
-        "metadata": {"name": "lost"}, "spec": {"group": "nowhere", "user": {"id": "u-lost"}}}),
-    );
-    run.wait_for("GroupNotFound", |api| {
-        api.object("memberallocations", NS, "lost")
-            .is_some_and(|o| o["status"]["conditions"][0]["reason"] == "GroupNotFound")
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_approval_patch_is_applied_once_and_survives_the_operators_status_writes() {
-    let api = FakeApi::new();
-    seed(&api, "CalendarMonth");
-    request(&api, "big", "bob", 800);
-    let run = Running::start(api, options(200, 100.0));
-    run.wait_for("a pending request", |api| {
-        api.object("creditrequests", NS, "big")
-            .is_some_and(|o| o["status"]["phase"] == "Pending")
-    })
-    .await;
-
-    let approval = json!({"status": {"approval": {"decision": "Approve", "credits": "500", "reason": "half"}}});
-    assert_eq!(run.api.merge_patch("creditrequests", NS, "big", true, approval), 200);
-    run.wait_for("the approval", |api| {
-        api.object("creditrequests", NS, "big")
-            .is_some_and(|o| o["status"]["phase"] == "Approved")
-    })
-    .await;
-    let status = run.status("creditrequests", "big");
-    assert_eq!(
-        (status["approvedCredits"].as_str(), status["cycle"].as_u64()),
-        (Some("500"), Some(1))
-    );
-    assert_eq!(
-        status["approval"]["decision"], "Approve",
-        "the approver's field is kept"
-    );
-    run.wait_for("bob's grant", |api| {
-        api.object("memberallocations", NS, "bob")
-            .is_some_and(|o| o["status"]["granted"] == "500")
-    })
-    .await;
-
-    // More status writes happen (usage); the approval stays and nothing is granted twice.
-    run.usage("u-bob", "10", "b1").await;
-    run.wait_for("bob's usage", |api| {
-        api.object("memberallocations", NS, "bob")
-            .is_some_and(|o| o["status"]["used"] == "10")
-    })
-    .await;
-    assert_eq!(run.status("creditrequests", "big")["approval"]["credits"], "500");
-    assert_eq!(run.status("memberallocations", "bob")["granted"], "500");
-    assert!(
-        run.api.event_reasons(NS).iter().any(|r| r == "Approved"),
-        "{:?}",
-        run.api.event_reasons(NS)
-    );
-
-    // The approval cannot change once set (the CRD's rule, as the API server enforces it).
-    let change = json!({"status": {"approval": {"decision": "Deny"}}});
-    assert_eq!(run.api.merge_patch("creditrequests", NS, "big", true, change), 422);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,37 +311,4 @@ async fn a_cadence_change_resets_once_and_a_forged_phase_is_repaired() {
     })
     .await;
     assert_eq!(run.status("memberallocations", "bob")["granted"], "0");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_deleted_while_the_operator_is_down_is_not_missed() {
-    let api = FakeApi::new();
-    seed(&api, "CalendarMonth");
-    let mut run = Running::start(api, options(100, 100.0));
-    run.wait_for("bob's status", |api| {
-        api.object("memberallocations", NS, "bob")
-            .is_some_and(|o| o["status"]["remaining"] == "1000")
-    })
-    .await;
-    run.usage("u-bob", "30", "b").await;
-    if let Some(stop) = run.stop.take() {
-        let _ = stop.send(());
-    }
-    if let Some(task) = run.task.take() {
-        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-    }
-    assert_eq!(run.api.delete_object("memberallocations", NS, "bob"), 200);
-    run.restart(options(100, 100.0)).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while run.ledger.read().accounts["team/acme"]
-        .members
-        .get("u-bob")
-        .is_some_and(|m| m.active)
-    {
-        assert!(Instant::now() < deadline, "the deletion was missed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let state = run.ledger.read();
-    let bob = state.accounts["team/acme"].members.get("u-bob").unwrap();
-    assert_eq!(bob.tally.used, amt("30"), "its history stays");
 }

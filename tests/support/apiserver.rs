@@ -1,5 +1,15 @@
 //! An in-memory Kubernetes API server for the four custom resources (and
-//! Events), so the real kube-runtime `Controller` runs end to end.
+//! Events), so the real kube-runtime `Controller` runs end to end in
+//! process, beside a ledger whose clock the test moves.
+//!
+//! Kept only for what the real API server (`tests/cluster.rs`) cannot test
+//! quickly: scheduled cycle boundaries (the operator process runs on the
+//! system clock; here the test moves a `ManualClock`), status writes under
+//! thousands of usage events a second, statuses of objects the chart's
+//! admission policy would refuse (a forged phase, an approval of a decided
+//! request), and the plugin's confirmations. Everything else, from the
+//! CRDs to RBAC, TokenReview and leader election, is tested against the
+//! real server.
 //!
 //! It serves list, watch from a resourceVersion (a streamed body of JSON
 //! lines), get, create, merge and apply patches, the status subresource,
@@ -20,10 +30,6 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 type Key = (String, String, String); // (group/version/plural, namespace, name)
-/// (username, groups) of a bearer token.
-type Identity = (String, Vec<String>);
-/// (username, verb, resource[/subresource], namespace).
-type Grant = (String, String, String, String);
 
 #[derive(Clone, Debug)]
 struct Change {
@@ -49,13 +55,6 @@ struct Store {
 pub struct FakeApi {
     store: Arc<Mutex<Store>>,
     changes: broadcast::Sender<Change>,
-    /// Bearer token → (username, groups), for TokenReview.
-    users: Arc<Mutex<BTreeMap<String, Identity>>>,
-    /// (username, verb, resource[/subresource], namespace) granted, for
-    /// SubjectAccessReview.
-    grants: Arc<Mutex<Vec<Grant>>>,
-    /// Resources (`plural` or `plural/status`) whose writes answer 403.
-    forbidden: Arc<Mutex<Vec<String>>>,
 }
 
 fn kind_of(plural: &str) -> Option<&'static str> {
@@ -142,9 +141,6 @@ impl FakeApi {
         FakeApi {
             store: Arc::default(),
             changes,
-            users: Arc::default(),
-            grants: Arc::default(),
-            forbidden: Arc::default(),
         }
     }
 
@@ -182,24 +178,6 @@ impl FakeApi {
             .to_string();
         let method = req.method().clone();
         let body = req.into_body();
-        let sub = if target.status {
-            format!("{}/status", target.plural)
-        } else {
-            target.plural.clone()
-        };
-        if method != Method::GET && self.forbidden.lock().unwrap().contains(&sub) {
-            return status(
-                StatusCode::FORBIDDEN,
-                "Forbidden",
-                format!("user cannot patch resource {sub:?}"),
-            );
-        }
-        if method == Method::POST && target.plural == "tokenreviews" {
-            return self.token_review(&body);
-        }
-        if method == Method::POST && target.plural == "subjectaccessreviews" {
-            return self.access_review(&body);
-        }
         match (method, &target.name) {
             (Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => self.watch(&target, &q),
             (Method::GET, None) => self.list(&target),
@@ -468,58 +446,6 @@ impl FakeApi {
         old["metadata"]["resourceVersion"] = json!(store.rv.to_string());
         self.record(&mut store, &key, "DELETED", old.clone());
         axum::Json(old).into_response()
-    }
-
-    fn token_review(&self, body: &Bytes) -> Response {
-        let mut review: Value = serde_json::from_slice(body).unwrap_or_default();
-        let token = review["spec"]["token"].as_str().unwrap_or_default().to_string();
-        review["status"] = match self.users.lock().unwrap().get(&token) {
-            Some((name, groups)) => {
-                json!({"authenticated": true, "user": {"username": name, "uid": format!("uid-{name}"), "groups": groups}})
-            }
-            None => json!({"authenticated": false}),
-        };
-        (StatusCode::CREATED, axum::Json(review)).into_response()
-    }
-
-    fn access_review(&self, body: &Bytes) -> Response {
-        let mut review: Value = serde_json::from_slice(body).unwrap_or_default();
-        let spec = &review["spec"];
-        let attrs = &spec["resourceAttributes"];
-        let resource = match attrs["subresource"].as_str() {
-            Some(sub) if !sub.is_empty() => format!("{}/{sub}", attrs["resource"].as_str().unwrap_or_default()),
-            _ => attrs["resource"].as_str().unwrap_or_default().to_string(),
-        };
-        let wanted = (
-            spec["user"].as_str().unwrap_or_default().to_string(),
-            attrs["verb"].as_str().unwrap_or_default().to_string(),
-            resource,
-            attrs["namespace"].as_str().unwrap_or_default().to_string(),
-        );
-        let allowed = self.grants.lock().unwrap().contains(&wanted);
-        review["status"] = json!({"allowed": allowed});
-        (StatusCode::CREATED, axum::Json(review)).into_response()
-    }
-
-    /// Writes to `resource` (`plural` or `plural/status`) answer 403.
-    pub fn forbid(&self, resource: &str) {
-        self.forbidden.lock().unwrap().push(resource.into());
-    }
-
-    /// A user whose bearer token TokenReview accepts.
-    pub fn add_user(&self, token: &str, username: &str) {
-        self.users
-            .lock()
-            .unwrap()
-            .insert(token.into(), (username.into(), vec!["system:authenticated".into()]));
-    }
-
-    /// An RBAC grant SubjectAccessReview answers yes to.
-    pub fn grant(&self, username: &str, verb: &str, resource: &str, namespace: &str) {
-        self.grants
-            .lock()
-            .unwrap()
-            .push((username.into(), verb.into(), resource.into(), namespace.into()));
     }
 
     // Helpers for tests, as a user with kubectl would act.

@@ -386,15 +386,18 @@ impl ControlPlane {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("kubectl");
-        if let Some(text) = stdin {
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(text.as_bytes())
-                .expect("kubectl stdin");
+        // Fed from another thread: kubectl writes as it reads, and a full
+        // stdout pipe would otherwise stop it reading.
+        let feeder = stdin.map(|text| {
+            let mut pipe = child.stdin.take().expect("stdin");
+            let text = text.to_string();
+            std::thread::spawn(move || pipe.write_all(text.as_bytes()))
+        });
+        let out = child.wait_with_output().expect("kubectl");
+        if let Some(feeder) = feeder {
+            let _ = feeder.join();
         }
-        child.wait_with_output().expect("kubectl")
+        out
     }
 
     /// kubectl as the admin that must succeed; its stdout.
