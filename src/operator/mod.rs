@@ -180,6 +180,49 @@ where
     (good, bad)
 }
 
+/// How a watch retries after an error: from 250 ms, doubling, at most
+/// 5 s apart (with jitter), and from the start again after any success.
+/// kube-runtime's default grows to 30 s and resets only after two quiet
+/// minutes, so an API server back from a restart went unnoticed for up to
+/// a minute while the write loop republished stale statuses.
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MOST: Duration = Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let this = self.next;
+        self.next = (self.next * 2).min(Self::MOST);
+        // Up to a quarter more, so the four watches do not retry in step.
+        let jitter = u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0),
+        ) % (this.as_millis() as u64 / 4 + 1);
+        Some(this + Duration::from_millis(jitter))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
 /// The watch events of one kind.
 type Events<K> = Result<watcher::Event<Guarded<K>>, watcher::Error>;
 
@@ -189,7 +232,7 @@ where
 {
     let (reader, writer) = reflector::store();
     let stream = watcher(Api::<Guarded<K>>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .reflect(writer);
     (reader, stream)
 }
