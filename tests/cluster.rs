@@ -499,7 +499,7 @@ impl Operator {
             .get(from..)
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains("403") || l.contains("Forbidden") || l.contains("forbidden"))
+            .filter(|l| l.contains("code: 403") || l.contains("Forbidden") || l.contains("forbidden"))
             .collect();
         assert!(
             forbidden.is_empty(),

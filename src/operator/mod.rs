@@ -103,8 +103,8 @@ struct Ctx {
 }
 
 /// Keeps watch events that matter: deletions, and changes whose
-/// predicate value moved (so the operator's own status writes, which
-/// move nothing, trigger nothing).
+/// predicate value moved (so the operator's own status writes, which move
+/// nothing, trigger nothing). Watch errors are logged and dropped.
 fn changes<K>(
     events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     predicate: fn(&K) -> u64,
@@ -117,7 +117,14 @@ where
         let seen = seen.clone();
         async move {
             match event {
-                Err(e) => Some(Err(e)),
+                // Each watch retries on its own (`WatchBackoff`). Passed on,
+                // an error would make the Controller back off all its
+                // triggers (to 30 s and more while errors keep coming, as
+                // four watches relisting one after another do).
+                Err(e) => {
+                    tracing::debug!(error = %e, "watch error; the watch retries");
+                    None
+                }
                 Ok(watcher::Event::Delete(o)) => {
                     seen.lock().ok()?.remove(&o.meta().uid.clone().unwrap_or_default());
                     Some(Ok(o))
