@@ -50,6 +50,15 @@ fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Optio
     }
 }
 
+/// The cells of the row of `kubectl get`'s table whose first cell is `name`.
+fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cells| cells.first() == Some(&name))
+        .unwrap_or_else(|| panic!("no row {name} in:\n{table}"))
+}
+
 fn yaml_to_json_docs(yaml: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(yaml)
         .filter_map(|doc| {
@@ -131,27 +140,17 @@ fn crds_are_established_documented_and_print_the_examples_figures() {
     cluster.wait_for_status("creditgroups", "research", |s| s["distributed"] == "41000");
     cluster.wait_for_status("creditrequests", "ada-training-run", |s| s["phase"] == "AutoApproved");
     let accounts = cluster.plane.kubectl_ok(&["get", "creditaccounts", "-n", NS]);
-    let row = accounts
-        .lines()
-        .nth(1)
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect::<Vec<_>>();
+    let acme = row(&accounts, "acme");
     // NAME CADENCE CYCLE-END LIMIT USED BALANCE USAGE%
-    assert_eq!(row[0], "acme", "{accounts}");
-    assert_eq!(row[1], "CalendarMonth", "{accounts}");
+    assert_eq!(acme[0], "acme", "{accounts}");
+    assert_eq!(acme[1], "CalendarMonth", "{accounts}");
     assert!(
-        row[2].ends_with('Z') && row[2].len() == 20,
+        acme[2].ends_with('Z') && acme[2].len() == 20,
         "the cycle end is a time: {accounts}"
     );
-    assert_eq!(&row[3..], ["100000", "0", "100000", "0"], "{accounts}");
+    assert_eq!(&acme[3..], ["100000", "0", "100000", "0"], "{accounts}");
     let groups = cluster.plane.kubectl_ok(&["get", "creditgroups", "-n", NS]);
-    let research = groups
-        .lines()
-        .find(|l| l.starts_with("research"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect::<Vec<_>>();
+    let research = row(&groups, "research");
     // NAME MONTHLY EXTRA DISTRIBUTED AVAILABLE AUTO-APPROVE USED MEMBERS
     // ada-training-run (1500) came out of the 2000 auto-approve reserve.
     assert_eq!(
@@ -160,12 +159,7 @@ fn crds_are_established_documented_and_print_the_examples_figures() {
         "{groups}"
     );
     let members = cluster.plane.kubectl_ok(&["get", "memberallocations", "-n", NS]);
-    let ada = members
-        .lines()
-        .find(|l| l.starts_with("ada "))
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect::<Vec<_>>();
+    let ada = row(&members, "ada");
     // NAME GROUP EMAIL MONTHLY USED REMAINING (12000 + 2000 extra + 1500 granted)
     assert_eq!(
         ada,
@@ -173,12 +167,7 @@ fn crds_are_established_documented_and_print_the_examples_figures() {
         "{members}"
     );
     let requests = cluster.plane.kubectl_ok(&["get", "creditrequests", "-n", NS]);
-    let ada_request = requests
-        .lines()
-        .find(|l| l.starts_with("ada-training-run"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect::<Vec<_>>();
+    let ada_request = row(&requests, "ada-training-run");
     // NAME MEMBER CREDITS APPROVED PHASE AGE
     assert_eq!(
         &ada_request[..5],
@@ -228,30 +217,20 @@ fn the_real_server_enforces_every_rule_of_the_crds() {
     // Update rules: a request's spec and a set approval are immutable, and
     // so is a member's user id.
     plane.apply_ok(&serde_json::to_string(&support::cel_cases::request(json!(500), "training run")).unwrap());
-    let respec = plane.kubectl(&[
-        "patch",
+    let admin = &plane.admin_kubeconfig;
+    let respec = plane.patch(
+        admin,
         "creditrequest",
-        "more",
-        "-n",
         "team",
-        "--type=merge",
-        "-p",
+        "more",
+        false,
         r#"{"spec":{"credits":900}}"#,
-    ]);
+    );
     assert!(!respec.status.success());
     assert!(text(&respec).contains("spec is immutable"), "{}", text(&respec));
     let approve = |decision: &str| {
-        plane.kubectl(&[
-            "patch",
-            "creditrequest",
-            "more",
-            "-n",
-            "team",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &format!(r#"{{"status":{{"approval":{{"decision":"{decision}"}}}}}}"#),
-        ])
+        let patch = json!({"status": {"approval": {"decision": decision}}}).to_string();
+        plane.patch(admin, "creditrequest", "team", "more", true, &patch)
     };
     let first = approve("Approve");
     assert!(first.status.success(), "{}", text(&first));
@@ -263,16 +242,14 @@ fn the_real_server_enforces_every_rule_of_the_crds() {
         text(&second)
     );
     plane.apply_ok(&serde_json::to_string(&support::cel_cases::member("u-1")).unwrap());
-    let reid = plane.kubectl(&[
-        "patch",
+    let reid = plane.patch(
+        admin,
         "memberallocation",
-        "alice",
-        "-n",
         "team",
-        "--type=merge",
-        "-p",
+        "alice",
+        false,
         r#"{"spec":{"user":{"id":"u-2"}}}"#,
-    ]);
+    );
     assert!(!reid.status.success());
     assert!(text(&reid).contains("user.id is immutable"), "{}", text(&reid));
 }
@@ -337,6 +314,34 @@ impl Cluster {
                 out.status.success().then_some(())
             });
         }
+        // The admission policies learn the new kinds a moment after the
+        // CRDs are served (until then a matching write answers 503).
+        plane.apply_ok(
+            &json!({"apiVersion": "credits.alchemi.io/v1alpha1", "kind": "CreditRequest",
+                    "metadata": {"name": "probe", "namespace": namespace},
+                    "spec": {"member": "probe", "credits": 1}})
+            .to_string(),
+        );
+        eventually(
+            "the admission policies to know CreditRequest",
+            Duration::from_secs(60),
+            || {
+                let out = plane.kubectl(&[
+                    "patch",
+                    "creditrequest",
+                    "probe",
+                    "-n",
+                    namespace,
+                    "--subresource=status",
+                    "--type=merge",
+                    "--dry-run=server",
+                    "-p",
+                    r#"{"status":{"approval":{"decision":"Deny","by":"admin"}}}"#,
+                ]);
+                (!text(&out).contains("ServiceUnavailable")).then_some(())
+            },
+        );
+        plane.kubectl_ok(&["delete", "creditrequest", "probe", "-n", namespace]);
         let token = plane.token(namespace, release, None);
         let operator_kubeconfig = plane.kubeconfig("operator", &token);
         Cluster {
@@ -358,6 +363,14 @@ impl Cluster {
             .iter()
             .filter_map(|a| a.as_str().map(str::to_string))
             .collect()
+    }
+
+    /// The chart (SQLite, Kubernetes auth) and `examples/` applied.
+    fn with_examples(plane: ControlPlane) -> Cluster {
+        let cluster = Cluster::with_chart(plane, &[]);
+        cluster.plane.namespace(NS);
+        cluster.apply_examples();
+        cluster
     }
 
     fn apply_examples(&self) {
@@ -624,21 +637,8 @@ impl Cluster {
     fn decide_as(&self, user: &str, request: &str, approval: Value) -> std::process::Output {
         let kubeconfig = self.plane.user_kubeconfig(user);
         let patch = json!({"status": {"approval": approval}}).to_string();
-        self.plane.kubectl_with(
-            &kubeconfig,
-            &[
-                "patch",
-                "creditrequest",
-                request,
-                "-n",
-                NS,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &patch,
-            ],
-            None,
-        )
+        self.plane
+            .patch(&kubeconfig, "creditrequest", NS, request, true, &patch)
     }
 }
 
@@ -706,10 +706,7 @@ fn assert_statuses_equal_the_ledger(cluster: &Cluster, operator: &Operator, toke
 
 #[test]
 fn the_operator_converges_under_the_charts_rbac_and_follows_edits_approvals_and_resets() {
-    let plane = control_plane!();
-    let cluster = Cluster::with_chart(plane, &[]);
-    cluster.plane.namespace(NS);
-    cluster.apply_examples();
+    let cluster = Cluster::with_examples(control_plane!());
     let run = OperatorRun::sqlite(&cluster);
     let operator = cluster.operator(&run);
     let reader = cluster.api_client("dashboard", &["credit-viewer", "credit-gateway"]);
@@ -777,41 +774,19 @@ fn the_operator_converges_under_the_charts_rbac_and_follows_edits_approvals_and_
     let cycle = |c: &Cluster| c.status("creditaccounts", "acme")["cycle"]["number"].as_u64();
     assert_eq!(cycle(&cluster), Some(1));
     let mark = jiff::Timestamp::now().to_string();
-    cluster.plane.kubectl_ok(&[
-        "annotate",
-        "creditaccount",
-        "acme",
-        "-n",
-        NS,
-        &format!("credits.alchemi.io/reset-requested-at={mark}"),
-    ]);
+    cluster.plane.request_reset(NS, "acme", &mark);
     let reset = cluster.wait_for_status("creditaccounts", "acme", |s| s["cycle"]["number"] == 2);
     assert_eq!(reset["lastReset"]["reason"], "Manual");
     assert_eq!(reset["used"], "0");
     // Re-stating the same mark resets nothing more.
-    cluster.plane.kubectl_ok(&[
-        "annotate",
-        "--overwrite",
-        "creditaccount",
-        "acme",
-        "-n",
-        NS,
-        &format!("credits.alchemi.io/reset-requested-at={mark}"),
-    ]);
+    cluster.plane.request_reset(NS, "acme", &mark);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(cycle(&cluster), Some(2));
 
     // A cadence change starts a new cycle, once.
-    cluster.plane.kubectl_ok(&[
-        "patch",
-        "creditaccount",
-        "acme",
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"cadence":"1w"}}"#,
-    ]);
+    cluster
+        .plane
+        .merge_patch("creditaccount", NS, "acme", r#"{"spec":{"cadence":"1w"}}"#);
     let changed = cluster.wait_for_status("creditaccounts", "acme", |s| s["cycle"]["number"] == 3);
     assert_eq!(changed["lastReset"]["reason"], "CadenceChanged");
     std::thread::sleep(Duration::from_secs(3));
@@ -829,25 +804,29 @@ fn the_operator_converges_under_the_charts_rbac_and_follows_edits_approvals_and_
     operator.assert_no_forbidden();
 }
 
-/// Status writes (PATCH of `…/status` of the four kinds) the API server
-/// has served, from its own metrics.
-fn status_writes(plane: &ControlPlane) -> u64 {
-    let metrics = plane.get_raw("/metrics");
-    metrics
+/// Requests the API server has served whose `apiserver_request_total`
+/// labels satisfy `matching`, from its own metrics.
+fn served_requests(plane: &ControlPlane, matching: impl Fn(&str) -> bool) -> u64 {
+    plane
+        .get_raw("/metrics")
         .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter(|l| l.contains("group=\"credits.alchemi.io\"") && l.contains("subresource=\"status\""))
-        .filter(|l| l.contains("verb=\"PATCH\"") || l.contains("verb=\"APPLY\""))
+        .filter(|l| l.starts_with("apiserver_request_total{") && matching(l))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
 
+/// Status writes (PATCH or APPLY of `…/status` of the four kinds).
+fn status_writes(plane: &ControlPlane) -> u64 {
+    served_requests(plane, |l| {
+        l.contains("group=\"credits.alchemi.io\"")
+            && l.contains("subresource=\"status\"")
+            && (l.contains("verb=\"PATCH\"") || l.contains("verb=\"APPLY\""))
+    })
+}
+
 #[test]
 fn a_converged_namespace_costs_the_api_server_no_status_writes() {
-    let plane = control_plane!();
-    let cluster = Cluster::with_chart(plane, &[]);
-    cluster.plane.namespace(NS);
-    cluster.apply_examples();
+    let cluster = Cluster::with_examples(control_plane!());
     cluster.bind_user("bob@example.com", "credit-approver");
     let operator = cluster.operator(&OperatorRun::sqlite(&cluster));
     cluster.wait_for_status("creditrequests", "ada-training-run", |s| s["phase"] == "AutoApproved");
@@ -860,14 +839,9 @@ fn a_converged_namespace_costs_the_api_server_no_status_writes() {
     let denied = cluster.wait_for_status("creditrequests", "jim-backfill", |s| s["phase"] == "Denied");
     assert_eq!(denied["decidedBy"], "bob@example.com");
     // A manual reset: the new cycle starts at a time with nanoseconds.
-    cluster.plane.kubectl_ok(&[
-        "annotate",
-        "creditaccount",
-        "acme",
-        "-n",
-        NS,
-        &format!("credits.alchemi.io/reset-requested-at={}", jiff::Timestamp::now()),
-    ]);
+    cluster
+        .plane
+        .request_reset(NS, "acme", &jiff::Timestamp::now().to_string());
     cluster.wait_for_status("creditaccounts", "acme", |s| s["cycle"]["number"] == 2);
     // Let every status settle, then watch several staleness intervals
     // (1 s here) of reconciles: decided requests with their second-precision
@@ -887,10 +861,7 @@ fn a_converged_namespace_costs_the_api_server_no_status_writes() {
 
 #[test]
 fn objects_deleted_while_the_operator_is_down_are_noticed_and_nothing_else_is_removed() {
-    let plane = control_plane!();
-    let cluster = Cluster::with_chart(plane, &[]);
-    cluster.plane.namespace(NS);
-    cluster.apply_examples();
+    let cluster = Cluster::with_examples(control_plane!());
     let run = OperatorRun::sqlite(&cluster);
     let mut operator = cluster.operator(&run);
     let gateway = cluster.api_client("gateway", &["credit-gateway"]);
@@ -1046,21 +1017,8 @@ fn the_admission_policy_lets_an_approver_decide_a_pending_request_once() {
     cluster.plane.apply_ok(&request("first"));
     cluster.plane.apply_ok(&request("second"));
     let status_patch = |kubeconfig: &std::path::Path, name: &str, status: Value| {
-        cluster.plane.kubectl_with(
-            kubeconfig,
-            &[
-                "patch",
-                "creditrequest",
-                name,
-                "-n",
-                NS,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &json!({ "status": status }).to_string(),
-            ],
-            None,
-        )
+        let patch = json!({ "status": status }).to_string();
+        cluster.plane.patch(kubeconfig, "creditrequest", NS, name, true, &patch)
     };
     let alice = cluster.plane.user_kubeconfig("alice@example.com");
 
@@ -1120,23 +1078,16 @@ fn the_admission_policy_lets_an_approver_decide_a_pending_request_once() {
     assert!(text(&stranger).contains("forbidden"), "{}", text(&stranger));
 }
 
-/// TokenReviews the API server has answered, from its own metrics.
+/// TokenReviews the API server has answered.
 fn token_reviews(plane: &ControlPlane) -> u64 {
-    plane
-        .get_raw("/metrics")
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter(|l| l.contains("resource=\"tokenreviews\"") && l.contains("verb=\"POST\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    served_requests(plane, |l| {
+        l.contains("resource=\"tokenreviews\"") && l.contains("verb=\"POST\"")
+    })
 }
 
 #[test]
 fn the_in_cluster_api_authenticates_by_tokenreview_and_authorises_by_rbac() {
-    let plane = control_plane!();
-    let cluster = Cluster::with_chart(plane, &[]);
-    cluster.plane.namespace(NS);
-    cluster.apply_examples();
+    let cluster = Cluster::with_examples(control_plane!());
     let operator = cluster.operator(&OperatorRun::sqlite(&cluster));
     cluster.wait_for_status("creditrequests", "linus-load-test", |s| s["phase"] == "Pending");
     let gateway = cluster.api_client("router", &["credit-gateway"]);
@@ -1410,10 +1361,7 @@ fn signal(pid: u32, name: &str) {
 
 #[test]
 fn kubectl_credits_runs_every_subcommand_with_a_real_kubeconfig() {
-    let plane = control_plane!();
-    let cluster = Cluster::with_chart(plane, &[]);
-    cluster.plane.namespace(NS);
-    cluster.apply_examples();
+    let cluster = Cluster::with_examples(control_plane!());
     for role in ["credit-viewer", "credit-editor", "credit-approver"] {
         cluster.bind_user("alice@example.com", role);
     }
@@ -1459,12 +1407,7 @@ fn kubectl_credits_runs_every_subcommand_with_a_real_kubeconfig() {
     );
 
     let groups = plugin(&["groups"]);
-    let research: Vec<&str> = groups
-        .lines()
-        .find(|l| l.starts_with("research"))
-        .unwrap()
-        .split_whitespace()
-        .collect();
+    let research = row(&groups, "research");
     assert_eq!(
         research,
         ["research", "40000", "5000", "41000", "4000", "500/2000", "0", "4"],
@@ -1541,10 +1484,7 @@ fn etcd_key(plural: &str, name: &str) -> String {
 
 #[test]
 fn the_operator_rides_out_an_apiserver_restart_and_a_compaction_without_restarting() {
-    let plane = control_plane!();
-    let cluster = Cluster::with_chart(plane, &[]);
-    cluster.plane.namespace(NS);
-    cluster.apply_examples();
+    let cluster = Cluster::with_examples(control_plane!());
     let mut operator = cluster.operator(&OperatorRun::sqlite(&cluster));
     let gateway = cluster.api_client("router", &["credit-gateway"]);
     cluster.wait_for_status("memberallocations", "katherine", |s| s["monthlyCredits"] == "500");
@@ -1609,16 +1549,9 @@ fn the_operator_rides_out_an_apiserver_restart_and_a_compaction_without_restarti
     );
     assert_eq!(journal_count(&db, "MemberRemoved"), 1);
     // And the operator follows new edits as before.
-    cluster.plane.kubectl_ok(&[
-        "patch",
-        "creditgroup",
-        "data",
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"monthlyCredits":16000}}"#,
-    ]);
+    cluster
+        .plane
+        .merge_patch("creditgroup", NS, "data", r#"{"spec":{"monthlyCredits":16000}}"#);
     cluster.wait_for_status("creditgroups", "data", |s| s["available"] == "2000");
     operator.assert_no_forbidden_since(ready);
     operator.kill();
@@ -1626,10 +1559,7 @@ fn the_operator_rides_out_an_apiserver_restart_and_a_compaction_without_restarti
 
 #[test]
 fn a_malformed_object_is_reported_on_itself_and_stalls_nothing() {
-    let plane = control_plane!();
-    let cluster = Cluster::with_chart(plane, &[]);
-    cluster.plane.namespace(NS);
-    cluster.apply_examples();
+    let cluster = Cluster::with_examples(control_plane!());
     // An older, looser MemberAllocation CRD admitted an object the
     // current one would refuse; it stays stored as it was.
     let crds = credit_operator::crd::all_crds();
@@ -1650,16 +1580,9 @@ fn a_malformed_object_is_reported_on_itself_and_stalls_nothing() {
     let operator = cluster.operator(&OperatorRun::sqlite(&cluster));
     // The others converge and follow edits.
     cluster.wait_for_status("creditgroups", "research", |s| s["distributed"] == "41000");
-    cluster.plane.kubectl_ok(&[
-        "patch",
-        "creditgroup",
-        "research",
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"extraCredits":6000}}"#,
-    ]);
+    cluster
+        .plane
+        .merge_patch("creditgroup", NS, "research", r#"{"spec":{"extraCredits":6000}}"#);
     cluster.wait_for_status("creditgroups", "research", |s| s["available"] == "5000");
     // The broken one says what is wrong with it in an Event regarding it
     // (its status cannot be written: its stored spec breaks the CRD).
@@ -1687,10 +1610,7 @@ fn a_malformed_object_is_reported_on_itself_and_stalls_nothing() {
 
 #[test]
 fn a_duplicate_account_takes_over_when_the_older_one_is_deleted() {
-    let plane = control_plane!();
-    let cluster = Cluster::with_chart(plane, &[]);
-    cluster.plane.namespace(NS);
-    cluster.apply_examples();
+    let cluster = Cluster::with_examples(control_plane!());
     let operator = cluster.operator(&OperatorRun::sqlite(&cluster));
     cluster.wait_for_status("creditaccounts", "acme", |s| s["used"] == "0");
     cluster.plane.apply_ok(

@@ -492,6 +492,47 @@ impl ControlPlane {
         self.kubectl_ok(&args).trim().to_string()
     }
 
+    /// `kubectl patch KIND NAME --type=merge -p PATCH` (of the status
+    /// subresource when `status`) with a kubeconfig.
+    pub fn patch(
+        &self,
+        kubeconfig: &Path,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        status: bool,
+        patch: &str,
+    ) -> Output {
+        let mut args = vec!["patch", kind, name, "-n", namespace, "--type=merge", "-p", patch];
+        if status {
+            args.push("--subresource=status");
+        }
+        self.kubectl_with(kubeconfig, &args, None)
+    }
+
+    /// [`ControlPlane::patch`] of a spec as the admin, which must succeed.
+    pub fn merge_patch(&self, kind: &str, namespace: &str, name: &str, patch: &str) {
+        let out = self.patch(&self.admin_kubeconfig, kind, namespace, name, false, patch);
+        assert!(
+            out.status.success(),
+            "kubectl patch {kind} {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Sets an account's reset annotation to `mark`, as an admin would.
+    pub fn request_reset(&self, namespace: &str, account: &str, mark: &str) {
+        self.kubectl_ok(&[
+            "annotate",
+            "--overwrite",
+            "creditaccount",
+            account,
+            "-n",
+            namespace,
+            &format!("credits.alchemi.io/reset-requested-at={mark}"),
+        ]);
+    }
+
     /// A GET as the admin; the body.
     pub fn get_raw(&self, path: &str) -> String {
         self.kubectl_ok(&["get", "--raw", path])
