@@ -899,17 +899,10 @@ impl crate::api::Directory for ClusterDirectory {
                     extra_credits: crate::amount::Amount::ZERO,
                 },
             );
-            let unavailable = |e: kube::Error| {
-                crate::api::error::ApiError::new(
-                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    "kubernetes_unavailable",
-                    format!("cannot create MemberAllocation {}: {e}", member.name),
-                )
-            };
             Api::<MemberAllocation>::namespaced(self.client.clone(), ns)
                 .create(&Default::default(), &object)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| kubernetes_unavailable(&format!("create MemberAllocation {}", member.name), e))?;
             self.ledger
                 .execute(Command::ApplyMember {
                     account: account.to_string(),
@@ -935,7 +928,7 @@ impl crate::api::Directory for ClusterDirectory {
                 .patch_status(request, &mirror_params(), &Patch::Merge(&patch))
                 .await
                 .map(|_| ())
-                .map_err(|e| mirror_failed(&format!("CreditRequest {request}"), e))
+                .map_err(|e| kubernetes_unavailable(&format!("update CreditRequest {request}"), e))
         })
     }
 
@@ -953,7 +946,7 @@ impl crate::api::Directory for ClusterDirectory {
                 .patch(name, &mirror_params(), &Patch::Merge(&patch))
                 .await
                 .map(|_| ())
-                .map_err(|e| mirror_failed(&format!("CreditAccount {name}"), e))
+                .map_err(|e| kubernetes_unavailable(&format!("update CreditAccount {name}"), e))
         })
     }
 }
@@ -968,10 +961,11 @@ fn mirror_params() -> PatchParams {
     }
 }
 
-fn mirror_failed(what: &str, e: kube::Error) -> crate::api::error::ApiError {
+/// A write the API makes for a caller failed on the Kubernetes side.
+fn kubernetes_unavailable(what: &str, e: kube::Error) -> crate::api::error::ApiError {
     crate::api::error::ApiError::new(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
         "kubernetes_unavailable",
-        format!("cannot update {what}: {e}"),
+        format!("cannot {what}: {e}"),
     )
 }

@@ -155,13 +155,11 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     });
     let mut holding = None;
     let lost: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
-    if let Some((_, _, elector)) = &leader {
+    if let Some((ns, pod, elector)) = &leader {
         // A label left by an earlier run of this pod (killed while it
         // led) must not route the API here while another replica leads.
-        if let Some(le) = &options.leader_election {
-            if let Err(e) = label_pod(client.clone(), &le.namespace, &le.pod, false).await {
-                tracing::warn!(error = %e, "cannot remove a stale leader label from this pod");
-            }
+        if let Err(e) = label_pod(client.clone(), ns, pod, false).await {
+            tracing::warn!(error = %e, "cannot remove a stale leader label from this pod");
         }
         tracing::info!(identity = elector.identity(), "waiting for the lease");
         if !wait_for_leadership(elector, options.listen, &mut stop_rx).await? {
