@@ -64,12 +64,14 @@ impl Amount {
         self.0.is_sign_negative() && !self.0.is_zero()
     }
 
-    /// Parses user input: digits, an optional sign and an optional
-    /// fraction. Rejects exponents, NaN, infinities, more than 9 places
-    /// and more than 18 integer digits.
+    /// Parses user input: digits, an optional minus sign and an optional
+    /// fraction, nothing around them (the CRD's pattern says the same:
+    /// `" 5"`, `"5 "` and `"+5"` are refused, as `validate` refuses them).
+    /// Rejects exponents, NaN, infinities, more than 9 places and more
+    /// than 18 integer digits.
     pub fn parse(text: &str) -> Result<Amount, AmountError> {
-        let t = text.trim();
-        let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
+        let t = text;
+        let digits = t.strip_prefix('-').unwrap_or(t);
         let (int_part, frac_part) = match digits.split_once('.') {
             Some((i, f)) => (i, Some(f)),
             None => (digits, None),

@@ -32,7 +32,7 @@ enum Cmd {
         ledger: String,
         /// Address of the HTTP API. Without --token-file only loopback
         /// addresses are allowed.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_listen)]
         listen: SocketAddr,
         /// Bearer tokens, one `TOKEN ROLE [NAME]` per line.
         #[arg(long, value_name = "FILE", conflicts_with = "kubernetes_auth")]
@@ -78,7 +78,7 @@ enum Cmd {
         ledger: String,
         /// Address of the HTTP API. Without --token-file only loopback
         /// addresses are allowed.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_listen)]
         listen: SocketAddr,
         /// Bearer tokens, one `TOKEN ROLE [NAME]` per line (roles:
         /// gateway, admin).
@@ -87,6 +87,10 @@ enum Cmd {
         /// How often to look for manifest changes and due cycle boundaries.
         #[arg(long, default_value = "1000", value_name = "MS")]
         poll_interval_ms: u64,
+        /// How long a changed manifest file must stay unchanged before it
+        /// is read (a file being written in place is never half-applied).
+        #[arg(long, default_value = "1000", value_name = "MS")]
+        settle_ms: u64,
         /// Read the current time from this file (one RFC 3339 time) instead
         /// of the system clock: for tests that move time.
         #[arg(long, value_name = "FILE", hide = true, env = "CREDITS_CLOCK_FILE")]
@@ -245,6 +249,7 @@ fn main() -> ExitCode {
             listen,
             token_file,
             poll_interval_ms,
+            settle_ms,
             clock_file,
         } => {
             init_tracing();
@@ -268,11 +273,38 @@ fn main() -> ExitCode {
                 listen,
                 tokens,
                 poll_interval: Duration::from_millis(poll_interval_ms.max(10)),
+                settle: Duration::from_millis(settle_ms.min(60_000)),
                 clock,
             };
             serve(credit_operator::standalone::run(options))
         }
     }
+}
+
+/// `--listen`: `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT` (`localhost:8080`
+/// is the loopback address, IPv4 first).
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!(
+            "{text:?} is not HOST:PORT (such as 127.0.0.1:8080 or localhost:8080)"
+        ));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{port:?} is not a port number (0-65535)"))?;
+    use std::net::ToSocketAddrs;
+    let mut addresses: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .collect();
+    addresses.sort_by_key(|a| !a.is_ipv4());
+    addresses
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("{host:?} resolves to no address"))
 }
 
 /// Reads `--token-file`; a bad file is a usage error (exit 2).

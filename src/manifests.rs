@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::crd::convert;
-use crate::crd::{check_cel_rules, CreditAccount, CreditGroup, CreditRequest, MemberAllocation, GROUP};
+use crate::crd::{check_cel_rules, CreditAccount, CreditGroup, CreditRequest, MemberAllocation, GROUP, VERSION};
 
 /// One custom resource read from a file.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,39 +121,87 @@ pub struct Scan {
     pub problems: Vec<Problem>,
 }
 
+/// The largest manifest file read; a bigger one is an error (a folder of
+/// budgets has no business holding one, and reading it on every change
+/// would cost the host).
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Reads every manifest under `dir`.
 pub fn scan(dir: &Path) -> std::io::Result<Scan> {
+    Scanner::default().scan(dir)
+}
+
+/// Scans a folder again and again, parsing only the files whose content
+/// changed since the last scan (checking an object against its CRD's
+/// rules is the costly part of a scan).
+#[derive(Default)]
+pub struct Scanner {
+    parsed: BTreeMap<PathBuf, (String, Parsed)>,
+}
+
+/// A file's objects, or why none of them count.
+pub type Parsed = Result<Vec<Object>, Vec<Problem>>;
+
+impl Scanner {
+    /// Reads every manifest under `dir`.
+    pub fn scan(&mut self, dir: &Path) -> std::io::Result<Scan> {
+        let scan = scan_with(dir, &mut |file, text| match self.parsed.get(file) {
+            Some((seen, result)) if seen == text => result.clone(),
+            _ => {
+                let result = parse_file(file, text);
+                self.parsed
+                    .insert(file.to_path_buf(), (text.to_string(), result.clone()));
+                result
+            }
+        })?;
+        self.parsed.retain(|file, _| scan.contents.contains_key(file));
+        Ok(scan)
+    }
+}
+
+type Parse<'a> = dyn FnMut(&Path, &str) -> Parsed + 'a;
+
+fn scan_with(dir: &Path, parse: &mut Parse<'_>) -> std::io::Result<Scan> {
     let mut files = Vec::new();
-    collect(dir, &mut files)?;
-    files.sort();
     let mut scan = Scan::default();
+    let mut visited = std::collections::BTreeSet::new();
+    collect(dir, &mut files, &mut visited, &mut scan.problems)?;
+    files.sort();
+    let mut parsed: Vec<(PathBuf, Vec<Object>)> = Vec::new();
     for file in files {
+        let unreadable = |scan: &mut Scan, message: String| {
+            scan.problems.push(Problem {
+                severity: Severity::Error,
+                file: file.clone(),
+                object: "-".into(),
+                field: "-".into(),
+                message,
+                code: "",
+            });
+            scan.broken.push(file.clone());
+        };
+        match std::fs::metadata(&file) {
+            Ok(m) if m.len() > MAX_FILE_BYTES => {
+                let message = format!(
+                    "the file is {} bytes; a manifest file may hold at most {MAX_FILE_BYTES} (split it)",
+                    m.len()
+                );
+                unreadable(&mut scan, message);
+                scan.contents
+                    .insert(file.clone(), format!("\0too large: {} bytes", m.len()));
+                continue;
+            }
+            _ => {}
+        }
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
             Err(e) => {
-                scan.problems.push(Problem {
-                    severity: Severity::Error,
-                    file: file.clone(),
-                    object: "-".into(),
-                    field: "-".into(),
-                    message: format!("cannot read: {e}"),
-                    code: "",
-                });
-                scan.broken.push(file);
+                unreadable(&mut scan, format!("cannot read: {e}"));
                 continue;
             }
         };
-        match parse_file(&file, &text) {
-            Ok(objects) => {
-                for object in objects {
-                    let position = scan.objects.len();
-                    scan.objects.push(Sourced {
-                        file: file.clone(),
-                        position,
-                        object,
-                    });
-                }
-            }
+        match parse(&file, &text) {
+            Ok(objects) => parsed.push((file.clone(), objects)),
             Err(problems) => {
                 scan.problems.extend(problems);
                 scan.broken.push(file.clone());
@@ -161,19 +209,93 @@ pub fn scan(dir: &Path) -> std::io::Result<Scan> {
         }
         scan.contents.insert(file, text);
     }
+    // One object, one place: the same kind, namespace and name twice is an
+    // error in every file that holds it (which copy would win is no rule).
+    let mut seen: BTreeMap<(&'static str, String, String), Vec<PathBuf>> = BTreeMap::new();
+    for (file, objects) in &parsed {
+        for o in objects {
+            let key = (o.kind(), o.namespace().to_string(), o.name().to_string());
+            seen.entry(key).or_default().push(file.clone());
+        }
+    }
+    for ((kind, ns, name), files) in seen.iter().filter(|(_, f)| f.len() > 1) {
+        for (i, file) in files.iter().enumerate() {
+            let others: Vec<String> = files
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, f)| f.display().to_string())
+                .collect();
+            let message = if others.iter().all(|o| *o == file.display().to_string()) {
+                format!("{kind} {ns}/{name} is defined more than once in this file")
+            } else {
+                format!("{kind} {ns}/{name} is also defined in {}", others.join(", "))
+            };
+            scan.problems.push(Problem {
+                severity: Severity::Error,
+                file: file.clone(),
+                object: format!("{kind}/{name}"),
+                field: "metadata.name".into(),
+                message,
+                code: "",
+            });
+            if !scan.broken.contains(file) {
+                scan.broken.push(file.clone());
+            }
+        }
+    }
+    for (file, objects) in parsed {
+        if scan.broken.contains(&file) {
+            continue;
+        }
+        for object in objects {
+            let position = scan.objects.len();
+            scan.objects.push(Sourced {
+                file: file.clone(),
+                position,
+                object,
+            });
+        }
+    }
+    scan.problems.dedup();
     Ok(scan)
 }
 
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
+/// The manifest files under `dir`; a folder reached twice (a symlink loop,
+/// or two links to one folder) is read once.
+fn collect(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    visited: &mut std::collections::BTreeSet<PathBuf>,
+    problems: &mut Vec<Problem>,
+) -> std::io::Result<()> {
+    let real = std::fs::canonicalize(dir)?;
+    if !visited.insert(real.clone()) {
+        problems.push(Problem {
+            severity: Severity::Warning,
+            file: dir.to_path_buf(),
+            object: "-".into(),
+            field: "-".into(),
+            message: format!(
+                "skipped: the folder {} is already read (a symlink loop?)",
+                real.display()
+            ),
+            code: "",
+        });
+        return Ok(());
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
         let path = entry.path();
         let name = entry.file_name();
         if name.to_string_lossy().starts_with('.') {
             continue; // editors' swap files, ..data links of ConfigMap mounts
         }
         if path.is_dir() {
-            collect(&path, out)?;
+            // A folder that cannot be read fails the scan: its files must not
+            // read as deletions.
+            collect(&path, out, visited, problems)?;
         } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
             out.push(path);
         }
@@ -194,47 +316,56 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Object>, Vec<Problem>> 
         code: "",
     };
     for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let document = format!("document {}", index + 1);
         let value = match serde_yaml::Value::deserialize(doc) {
-            Ok(serde_yaml::Value::Null) => continue,
+            Ok(serde_yaml::Value::Null) => continue, // empty, or comments only
             Ok(v) => v,
             Err(e) => {
-                problems.push(error(
-                    format!("document {}", index + 1),
-                    "-",
-                    format!("not valid YAML: {e}"),
-                ));
+                problems.push(error(document, "-", format!("not valid YAML: {e}")));
                 break;
             }
         };
-        let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default();
-        let kind = value
-            .get("kind")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string();
-        let name = value
-            .get("metadata")
-            .and_then(|m| m.get("name"))
-            .and_then(|n| n.as_str())
-            .unwrap_or_default();
-        let label = if name.is_empty() {
-            format!("{kind} (document {})", index + 1)
-        } else {
-            format!("{kind}/{name}")
-        };
-        if api_version.split('/').next() != Some(GROUP) {
-            continue; // other resources may share the folder
+        if !value.is_mapping() {
+            problems.push(error(
+                document,
+                "-",
+                "not a Kubernetes object: a document is a mapping with apiVersion, kind and metadata.name (is the file still being written?)".into(),
+            ));
+            continue;
         }
-        if name.is_empty() {
-            problems.push(error(label, "metadata.name", "is required".into()));
+        let text_of = |v: Option<&serde_yaml::Value>| v.and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let api_version = text_of(value.get("apiVersion"));
+        let kind = text_of(value.get("kind"));
+        let name = text_of(value.get("metadata").and_then(|m| m.get("name")));
+        let label = match (kind.is_empty(), name.is_empty()) {
+            (false, false) => format!("{kind}/{name}"),
+            (false, true) => format!("{kind} ({document})"),
+            _ => document.clone(),
+        };
+        if let Err((field, message)) = check_type(&api_version, &kind, &name) {
+            problems.push(error(label, field, message));
+            continue;
+        }
+        let unknown = serde_json::to_value(&value)
+            .map(|json| crate::crd::unknown_fields(&kind, &json))
+            .unwrap_or_else(|e| vec![format!("-: {e}")]);
+        if let Some(field) = unknown.first() {
+            let message = match unknown.len() {
+                1 => format!("unknown field \"{field}\" (is it misspelt?)"),
+                n => format!(
+                    "unknown field \"{field}\" and {} more: {}",
+                    n - 1,
+                    unknown[1..].join(", ")
+                ),
+            };
+            problems.push(error(label, field, message));
             continue;
         }
         let parsed = match kind.as_str() {
             "CreditAccount" => typed::<CreditAccount>(value).map(Object::Account),
             "CreditGroup" => typed::<CreditGroup>(value).map(Object::Group),
             "MemberAllocation" => typed::<MemberAllocation>(value).map(Object::Member),
-            "CreditRequest" => typed::<CreditRequest>(value).map(Object::Request),
-            other => Err(("kind".to_string(), format!("unknown kind {other:?} in {GROUP}"))),
+            _ => typed::<CreditRequest>(value).map(Object::Request),
         };
         match parsed.and_then(|o| check_object(&o).map(|_| o)) {
             Ok(o) => objects.push(o),
@@ -246,6 +377,41 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Object>, Vec<Problem>> 
     } else {
         Err(problems)
     }
+}
+
+/// The four kinds of `credits.alchemi.io/v1alpha1`.
+pub const KINDS: [&str; 4] = ["CreditAccount", "CreditGroup", "MemberAllocation", "CreditRequest"];
+
+/// A document names one of the four kinds of this API version, and a name.
+/// Anything else in the folder is an error: a misspelt group or kind would
+/// otherwise drop an intent without a word.
+fn check_type(api_version: &str, kind: &str, name: &str) -> Result<(), (&'static str, String)> {
+    let expected = format!("{GROUP}/{VERSION}");
+    if api_version.is_empty() {
+        return Err(("apiVersion", format!("is required (want {expected})")));
+    }
+    if api_version != expected {
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let message = if group == GROUP {
+            format!("unknown version {version:?} of {GROUP}: want {expected}")
+        } else {
+            format!("unknown API group {api_version:?}: this folder holds {expected} objects only (is it misspelt?)")
+        };
+        return Err(("apiVersion", message));
+    }
+    if kind.is_empty() {
+        return Err(("kind", format!("is required (one of {})", KINDS.join(", "))));
+    }
+    if !KINDS.contains(&kind) {
+        return Err((
+            "kind",
+            format!("unknown kind {kind:?} in {expected} (one of {})", KINDS.join(", ")),
+        ));
+    }
+    if name.is_empty() {
+        return Err(("metadata.name", "is required".into()));
+    }
+    Ok(())
 }
 
 /// Parses a document into its type; the error names the field path.

@@ -761,7 +761,11 @@ fn the_operator_converges_under_the_charts_rbac_and_follows_edits_approvals_and_
     assert_eq!(decided["approval"]["credits"], "2500");
     cluster.wait_for_status("memberallocations", "linus", |s| s["granted"] == "2500");
     // A second decision is refused by the server; the grant stays 2500.
-    let again = cluster.decide_as("alice@example.com", "linus-load-test", json!({"decision": "Deny"}));
+    let again = cluster.decide_as(
+        "alice@example.com",
+        "linus-load-test",
+        json!({"decision": "Deny", "reason": "not now"}),
+    );
     assert!(!again.status.success(), "a second decision was admitted");
     std::thread::sleep(Duration::from_secs(3));
     let product = cluster.status("creditgroups", "product");
@@ -1044,7 +1048,11 @@ fn the_admission_policy_lets_an_approver_decide_a_pending_request_once() {
     assert_eq!(first["status"]["approval"]["credits"], "300");
 
     // A second decision is refused.
-    let again = status_patch(&alice, "first", json!({"approval": {"decision": "Deny"}}));
+    let again = status_patch(
+        &alice,
+        "first",
+        json!({"approval": {"decision": "Deny", "reason": "not now"}}),
+    );
     assert!(!again.status.success(), "a second decision was admitted");
     assert!(
         text(&again).contains("status.approval cannot change once set"),
@@ -1063,7 +1071,11 @@ fn the_admission_policy_lets_an_approver_decide_a_pending_request_once() {
         "the operator's own write: {}",
         text(&operator)
     );
-    let late = status_patch(&alice, "second", json!({"approval": {"decision": "Deny"}}));
+    let late = status_patch(
+        &alice,
+        "second",
+        json!({"approval": {"decision": "Deny", "reason": "not now"}}),
+    );
     assert!(!late.status.success(), "an approval of a decided request was admitted");
     assert!(
         text(&late).contains("the request is already decided"),
@@ -1653,7 +1665,7 @@ fn ten_thousand_members_converge_from_a_cold_start() {
     }
     for m in 0..members {
         yaml.push_str(&format!(
-            "---\napiVersion: credits.alchemi.io/v1alpha1\nkind: MemberAllocation\nmetadata: {{name: m-{m}, namespace: {NS}}}\nspec: {{group: team-{}, user: {{id: u-{m}, email: m-{m}@example.com}}, monthlyCredits: {}}}\n",
+            "---\napiVersion: credits.alchemi.io/v1alpha1\nkind: MemberAllocation\nmetadata: {{name: m-{m}, namespace: {NS}}}\nspec: {{group: team-{}, user: {{id: u-{m}, email: m-{m}@example.com, name: M {m}}}, monthlyCredits: {}}}\n",
             m % 10,
             100 + m % 7
         ));

@@ -24,7 +24,7 @@ spec: {monthlyCredits: 100000000}
 apiVersion: credits.alchemi.io/v1alpha1
 kind: MemberAllocation
 metadata: {name: alice, namespace: team}
-spec: {user: {id: u-alice}, monthlyCredits: 100000000}
+spec: {user: {id: u-alice, email: alice@example.com, name: Alice}, monthlyCredits: 100000000}
 "#;
 
 const USAGE: &str = "/v1/namespaces/team/accounts/acme/usage";

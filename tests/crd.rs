@@ -133,7 +133,10 @@ fn a_request_spec_and_a_set_approval_cannot_change() {
     same["status"]["phase"] = json!("Approved");
     assert!(check_cel_rules("CreditRequest", &same, Some(&old)).is_empty());
     // Changing the decision is refused.
-    let changed = request(json!(500), Some(json!({"approval": {"decision": "Deny"}})));
+    let changed = request(
+        json!(500),
+        Some(json!({"approval": {"decision": "Deny", "reason": "not now"}})),
+    );
     let errs = check_cel_rules("CreditRequest", &changed, Some(&old));
     assert!(errs.iter().any(|e| e.contains("approval")), "{errs:?}");
     // Removing it is refused.
@@ -153,7 +156,7 @@ fn a_member_user_id_is_required_and_immutable() {
     let member = |id: &str| {
         json!({"apiVersion": "credits.alchemi.io/v1alpha1", "kind": "MemberAllocation",
                "metadata": {"name": "alice"},
-               "spec": {"user": {"id": id, "email": "alice@example.com"}, "monthlyCredits": 100}})
+               "spec": {"user": {"id": id, "email": "alice@example.com", "name": "Alice"}, "monthlyCredits": 100}})
     };
     let errs = check_cel_rules("MemberAllocation", &member("u-2"), Some(&member("u-1")));
     assert!(errs.iter().any(|e| e.contains("immutable")), "{errs:?}");

@@ -171,8 +171,14 @@ on_both_backends! {
         f.ok(Command::Reset { account: ACCOUNT.into(), mark: Some(t("2026-11-26T10:30:00Z")) });
         let acct = f.account_figures();
         assert_eq!(acct.cycle.number, 3);
-        // A manual reset re-anchors calendar months at its own moment.
-        assert_eq!(acct.cycle.end, t("2026-12-26T11:00:00Z"));
+        // A calendar month keeps its day and time: the fresh cycle ends at
+        // the month's next boundary, where it would have ended anyway.
+        assert_eq!(acct.cycle.start, t("2026-11-26T11:00:00Z"));
+        assert_eq!(acct.cycle.end, t("2026-12-01T00:00:00Z"));
+        // A mark from before the current cycle began resets nothing, even
+        // when it is later than the last one recorded.
+        f.ok(Command::Reset { account: ACCOUNT.into(), mark: Some(t("2026-11-26T10:45:00Z")) });
+        assert_eq!(f.account_figures().cycle.number, 3);
     }
 
     fn a_cadence_change_resets_once_and_an_equal_spelling_does_not(db: &Db) {

@@ -126,7 +126,7 @@ fn seed(api: &FakeApi, cadence: &str) {
     );
     for (name, monthly) in [("alice", 2000), ("bob", 1000)] {
         api.create_object("memberallocations", NS, json!({"apiVersion": "credits.alchemi.io/v1alpha1", "kind": "MemberAllocation",
-            "metadata": {"name": name}, "spec": {"group": "ml", "user": {"id": format!("u-{name}"), "email": format!("{name}@example.com")}, "monthlyCredits": monthly}}));
+            "metadata": {"name": name}, "spec": {"group": "ml", "user": {"id": format!("u-{name}"), "email": format!("{name}@example.com"), "name": name}, "monthlyCredits": monthly}}));
     }
 }
 
@@ -157,7 +157,7 @@ async fn a_decided_request_ignores_later_patches() {
             NS,
             "small",
             true,
-            json!({"status": {"approval": {"decision": "Deny"}}})
+            json!({"status": {"approval": {"decision": "Deny", "reason": "not now"}}})
         ),
         200
     );

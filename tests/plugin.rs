@@ -131,7 +131,7 @@ async fn approve_and_deny_patch_the_status_and_refuse_decided_requests() {
         "creditrequests",
         NS,
         json!({"apiVersion": "credits.alchemi.io/v1alpha1", "kind": "CreditRequest",
-        "metadata": {"name": "other"}, "spec": {"member": "bob", "credits": 50}}),
+        "metadata": {"name": "other"}, "spec": {"member": "bob", "credits": 50, "reason": "eval"}}),
     );
     let (err, _) = credits(&api, "approve other --credits 51", "").await;
     assert!(err.unwrap_err().contains("at most the 50 requested"));

@@ -81,7 +81,12 @@ impl Env {
     }
 
     fn start_with(&self, extra: &[&str]) -> Server {
+        self.start_with_env(extra, &[])
+    }
+
+    fn start_with_env(&self, extra: &[&str], vars: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_credit-operator"))
+            .envs(vars.iter().copied())
             .args(["standalone", "--manifests"])
             .arg(self.manifests())
             .args([
@@ -331,7 +336,10 @@ fn every_call_of_the_api_answers_with_the_documented_shapes() {
         env.manifests().join("enrolled").read_dir().unwrap().count() == 1,
         "enrolment is written as a manifest"
     );
-    let (st, dup) = s.post(&format!("{A}/members"), json!({"user": {"id": "u-carol"}}));
+    let (st, dup) = s.post(
+        &format!("{A}/members"),
+        json!({"user": {"id": "u-carol", "email": "carol2@example.com", "name": "Carol"}}),
+    );
     assert_eq!((st, dup["error"].as_str()), (409, Some("duplicate_user_id")));
 
     let page = s.get(&format!("{A}/groups/ml/members?search=ALI&page=1&pageSize=1"));
@@ -381,7 +389,10 @@ fn every_call_of_the_api_answers_with_the_documented_shapes() {
         json!({"reason": "changed my mind"}),
     );
     assert_eq!((st, again["error"].as_str()), (409, Some("already_decided")));
-    let (_, third) = s.post(&format!("{A}/requests"), json!({"member": "u-bob", "credits": "150"}));
+    let (_, third) = s.post(
+        &format!("{A}/requests"),
+        json!({"member": "u-bob", "credits": "150", "reason": "eval run"}),
+    );
     let (st, denied) = s.post(
         &format!("{A}/requests/{}/deny", third["name"].as_str().unwrap()),
         json!({"reason": "no"}),
@@ -546,29 +557,109 @@ fn bad_input_gets_the_right_status_and_changes_nothing() {
             "ttlSeconds",
         ),
         ("POST", "/holds/hold-999/settle", json!({"credits": 1}), 404, ""),
-        ("POST", "/members", json!({"user": {"id": ""}}), 400, "user.id"),
         (
             "POST",
             "/members",
-            json!({"user": {"id": "u-x"}, "group": "nope"}),
+            json!({"user": {"id": "", "email": "x@example.com", "name": "X"}}),
+            400,
+            "user.id",
+        ),
+        (
+            "POST",
+            "/members",
+            json!({"user": {"id": "u-x", "email": "x@example.com", "name": "X"}, "group": "nope"}),
             404,
             "",
         ),
         (
             "POST",
             "/requests",
-            json!({"member": "u-alice", "credits": 0}),
+            json!({"member": "u-alice", "credits": 0, "reason": "more"}),
             400,
             "spec.credits",
         ),
         (
             "POST",
             "/requests",
-            json!({"member": "u-nobody", "credits": 5}),
+            json!({"member": "u-nobody", "credits": 5, "reason": "more"}),
             404,
             "",
         ),
         ("POST", "/requests/nope/approve", json!({}), 404, ""),
+        // A request and a denial say why.
+        (
+            "POST",
+            "/requests",
+            json!({"member": "u-alice", "credits": 5, "reason": "  "}),
+            400,
+            "reason",
+        ),
+        (
+            "POST",
+            "/requests",
+            json!({"member": "u-alice", "credits": 5}),
+            400,
+            "body",
+        ),
+        ("POST", "/requests/nope/deny", json!({"reason": ""}), 400, "reason"),
+        // Amounts are digits and nothing else, as the CRD's pattern says.
+        (
+            "POST",
+            "/usage",
+            json!({"member": "u-alice", "credits": " 5", "idempotencyKey": "s1"}),
+            400,
+            "credits",
+        ),
+        (
+            "POST",
+            "/usage",
+            json!({"member": "u-alice", "credits": "5 ", "idempotencyKey": "s2"}),
+            400,
+            "credits",
+        ),
+        (
+            "POST",
+            "/usage",
+            json!({"member": "u-alice", "credits": "+5", "idempotencyKey": "s3"}),
+            400,
+            "credits",
+        ),
+        (
+            "POST",
+            "/holds",
+            json!({"member": "u-alice", "credits": "0", "ttlSeconds": 60, "idempotencyKey": "h0"}),
+            400,
+            "credits",
+        ),
+        (
+            "POST",
+            "/usage",
+            json!({"member": "u-alice", "credits": 1, "idempotencyKey": "t1", "occurredAt": "9999-12-31T23:59:59Z"}),
+            400,
+            "occurredAt",
+        ),
+        // Who a member is: an email, a name, no control characters.
+        (
+            "POST",
+            "/members",
+            json!({"user": {"id": "u-e", "email": "", "name": "E"}}),
+            400,
+            "user.email",
+        ),
+        (
+            "POST",
+            "/members",
+            json!({"user": {"id": "u-e", "email": "e@example.com", "name": ""}}),
+            400,
+            "user.name",
+        ),
+        (
+            "POST",
+            "/members",
+            json!({"user": {"id": "u-e", "email": "e@example.com", "name": "E\u{85}ve"}}),
+            400,
+            "spec.user.name",
+        ),
         ("GET", "/groups/ml/members?pageSize=501", Value::Null, 400, "pageSize"),
         ("GET", "/groups/ml/members?page=0", Value::Null, 400, "page"),
         ("GET", "/groups/nope/members", Value::Null, 404, ""),
@@ -618,7 +709,7 @@ fn file_edits_are_picked_up_and_a_broken_file_keeps_the_last_good_state() {
         s.get(&format!("{A}/groups"))["items"].as_array().unwrap().len() == 3
     });
     let before = s.figures();
-    env.write("people/members.yaml", "apiVersion: credits.alchemi.io/v1alpha1\nkind: MemberAllocation\nmetadata: {name: alice, namespace: team}\nspec: {user: {id: u-alice}, monthlyCredits: -5}\n---\n{{{ not yaml");
+    env.write("people/members.yaml", "apiVersion: credits.alchemi.io/v1alpha1\nkind: MemberAllocation\nmetadata: {name: alice, namespace: team}\nspec: {user: {id: u-alice, email: alice@example.com, name: Alice}, monthlyCredits: -5}\n---\n{{{ not yaml");
     env.write(
         "groups.yaml",
         &GROUPS_YAML.replace("monthlyCredits: 4000", "monthlyCredits: 4100"),
@@ -747,7 +838,17 @@ fn tokens_gate_the_api_and_without_them_only_loopback_is_served() {
     let (st, e) = s.post(&format!("{A}/reset"), json!({}));
     assert_eq!((st, e["error"].as_str()), (403, Some("forbidden")));
     s.token = Some("admin-token-0123456789abc".into());
-    let (_, req) = s.post(&format!("{A}/requests"), json!({"member": "u-bob", "credits": 999}));
+    // Every account's figures are behind a token too.
+    s.token = None;
+    assert_eq!(s.call("GET", "/metrics", None).0, 401);
+    s.token = Some("gateway-token-0123456789".into());
+    let (st, metrics) = s.call("GET", "/metrics", None);
+    assert!(st == 200 && metrics.as_str().unwrap().contains("credits_"), "{st}");
+    s.token = Some("admin-token-0123456789abc".into());
+    let (_, req) = s.post(
+        &format!("{A}/requests"),
+        json!({"member": "u-bob", "credits": 999, "reason": "load test"}),
+    );
     let (st, decided) = s.post(
         &format!("{A}/requests/{}/approve", req["name"].as_str().unwrap()),
         json!({}),
@@ -763,6 +864,22 @@ fn tokens_gate_the_api_and_without_them_only_loopback_is_served() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+
+    // One token, one role: a token listed twice refuses to start.
+    std::fs::write(
+        &tokens,
+        "shared-token-0123456789 gateway\nadmin-token-0123456789abc admin\nshared-token-0123456789 admin\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_credit-operator"))
+        .args(["standalone", "--manifests"])
+        .arg(env.manifests())
+        .args(["--ledger", &env.ledger(), "--token-file", tokens.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(":3: this token is already on line 1"), "{err}");
 }
 
 #[test]
@@ -775,7 +892,7 @@ fn validate_reports_file_object_field_and_problem() {
     )
     .unwrap();
     std::fs::write(d.join("groups.yaml"), GROUPS_YAML).unwrap();
-    std::fs::write(d.join("members.yaml"), format!("{MEMBERS_YAML}---\napiVersion: credits.alchemi.io/v1alpha1\nkind: MemberAllocation\nmetadata: {{name: eve, namespace: team}}\nspec: {{group: ghosts, user: {{id: u-eve}}}}\n")).unwrap();
+    std::fs::write(d.join("members.yaml"), format!("{MEMBERS_YAML}---\napiVersion: credits.alchemi.io/v1alpha1\nkind: MemberAllocation\nmetadata: {{name: eve, namespace: team}}\nspec: {{group: ghosts, user: {{id: u-eve, email: eve@example.com, name: Eve}}}}\n")).unwrap();
     let run = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_credit-operator"))
             .arg("validate")
@@ -870,4 +987,361 @@ fn validate_reports_file_object_field_and_problem() {
         "examples/ must validate: {}",
         String::from_utf8_lossy(&examples.stdout)
     );
+}
+
+/// Sends `body` as a browser would: the given method, content type and
+/// extra headers, no JSON helper.
+fn browser(
+    s: &Server,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Value, ureq::http::HeaderMap) {
+    let mut request = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("{}{}", s.base, path));
+    if let Some(t) = content_type {
+        request = request.header("content-type", t);
+    }
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let mut response = s.agent.run(request.body(body.to_string()).unwrap()).unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        headers,
+    )
+}
+
+#[test]
+fn requests_a_browser_sends_for_another_site_change_nothing() {
+    let env = Env::new();
+    let s = env.start();
+    let before = s.figures();
+    let evil = [
+        ("origin", "http://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-mode", "no-cors"),
+    ];
+    let other_port = format!(
+        "http://127.0.0.1:{}",
+        s.base.rsplit(':').next().unwrap().parse::<u16>().unwrap() + 1
+    );
+    let same_site = [("origin", other_port.as_str()), ("sec-fetch-site", "same-site")];
+    type Case<'a> = (&'a str, String, Option<&'a str>, &'a [(&'a str, &'a str)], &'a str, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        // A form on another site posting to the reset.
+        (
+            "POST",
+            format!("{A}/reset"),
+            Some("application/x-www-form-urlencoded"),
+            &evil,
+            "x=1",
+            403,
+            "cross_site_request",
+        ),
+        // fetch(…, {mode: "no-cors", body: JSON.stringify(…)}) sends text/plain.
+        (
+            "POST",
+            format!("{A}/usage"),
+            Some("text/plain;charset=UTF-8"),
+            &evil,
+            r#"{"member":"u-alice","credits":"5000","idempotencyKey":"csrf-1"}"#,
+            403,
+            "cross_site_request",
+        ),
+        (
+            "POST",
+            format!("{A}/members"),
+            Some("multipart/form-data; boundary=x"),
+            &evil,
+            "--x--",
+            403,
+            "cross_site_request",
+        ),
+        // Another port on the same host is another origin.
+        (
+            "POST",
+            format!("{A}/reset"),
+            Some("text/plain"),
+            &same_site,
+            "{}",
+            403,
+            "cross_site_request",
+        ),
+        (
+            "POST",
+            format!("{A}/reset"),
+            Some("text/plain"),
+            &[("origin", "null")],
+            "{}",
+            403,
+            "cross_site_request",
+        ),
+        // An old browser that sends neither header still cannot post a
+        // simple body: JSON only.
+        (
+            "POST",
+            format!("{A}/reset"),
+            Some("text/plain"),
+            &[],
+            "{}",
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "POST",
+            format!("{A}/usage"),
+            Some("application/x-www-form-urlencoded"),
+            &[],
+            "member=u-alice&credits=5&idempotencyKey=csrf-2",
+            415,
+            "unsupported_media_type",
+        ),
+        // A preflight gets no CORS grant.
+        (
+            "OPTIONS",
+            format!("{A}/reset"),
+            None,
+            &[
+                ("origin", "http://evil.example"),
+                ("access-control-request-method", "POST"),
+            ],
+            "",
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    for (method, path, content_type, headers, body, status, code) in cases {
+        let (got, answer, response_headers) = browser(&s, method, &path, content_type, headers, body);
+        assert_eq!(
+            (got, answer["error"].as_str()),
+            (status, Some(code)),
+            "{method} {path} {headers:?}: {answer}"
+        );
+        assert!(answer["message"].is_string(), "{answer}");
+        assert!(
+            !response_headers.contains_key("access-control-allow-origin"),
+            "{method} {path} granted CORS"
+        );
+    }
+    assert_eq!(s.figures(), before, "a cross-site request changed state");
+
+    // The API's own origin (the console) and plain clients are served.
+    let own = s.base.clone();
+    let (st, cycle, _) = browser(
+        &s,
+        "POST",
+        &format!("{A}/reset"),
+        Some("application/json"),
+        &[("origin", own.as_str()), ("sec-fetch-site", "same-origin")],
+        "{}",
+    );
+    assert_eq!((st, cycle["number"].as_u64()), (200, Some(2)), "{cycle}");
+    let (st, _, _) = browser(
+        &s,
+        "POST",
+        &format!("{A}/usage"),
+        Some("application/json"),
+        &[("sec-fetch-site", "none")],
+        r#"{"member":"u-alice","credits":"5","idempotencyKey":"own-1"}"#,
+    );
+    assert_eq!(st, 200);
+    // Reads stay open to anything that can reach the port.
+    let (st, _, _) = browser(&s, "GET", &format!("{A}/overview"), None, &evil, "");
+    assert_eq!(st, 200);
+}
+
+#[test]
+fn answers_are_json_for_wrong_methods_long_targets_and_large_bodies() {
+    let env = Env::new();
+    let s = env.start();
+    let (st, e, _) = browser(&s, "PUT", &format!("{A}/usage"), Some("application/json"), &[], "{}");
+    assert_eq!((st, e["error"].as_str()), (405, Some("method_not_allowed")), "{e}");
+    let long = format!("{A}/overview?x={}", "a".repeat(9000));
+    let (st, e, _) = browser(&s, "GET", &long, None, &[], "");
+    assert_eq!((st, e["error"].as_str()), (414, Some("uri_too_long")), "{e}");
+    let big = format!(
+        r#"{{"member":"u-alice","credits":"1","idempotencyKey":"{}"}}"#,
+        "k".repeat(3 * 1024 * 1024)
+    );
+    let (st, e, _) = browser(&s, "POST", &format!("{A}/usage"), Some("application/json"), &[], &big);
+    assert_eq!((st, e["error"].as_str()), (413, Some("payload_too_large")), "{e}");
+    let (st, e) = usage(
+        &s,
+        "u-alice",
+        json!({"credits": 1, "idempotencyKey": "t9", "occurredAt": "9999-12-31T23:59:59Z"}),
+    );
+    assert_eq!(st, 400);
+    assert!(
+        e["message"].as_str().unwrap().contains("from 0001-01-01 to 9999-12-30"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_settled_hold_is_neither_settled_again_for_another_amount_nor_released() {
+    let env = Env::new();
+    let s = env.start();
+    let (st, hold) = s.post(
+        &format!("{A}/holds"),
+        json!({"member": "u-alice", "credits": "100", "ttlSeconds": 60, "idempotencyKey": "h1"}),
+    );
+    assert_eq!(st, 201, "{hold}");
+    let id = hold["id"].as_str().unwrap().to_string();
+    let settle = |credits: &str| s.post(&format!("{A}/holds/{id}/settle"), json!({"credits": credits}));
+    assert_eq!(settle("80").0, 200);
+    let used = s.get(&format!("{A}/overview"))["used"].clone();
+    let (st, replay) = settle("80");
+    assert_eq!((st, replay["duplicate"].as_bool()), (200, Some(true)), "{replay}");
+    let (st, e) = settle("90");
+    assert_eq!((st, e["error"].as_str()), (409, Some("hold_closed")), "{e}");
+    let (st, e) = s.call("DELETE", &format!("{A}/holds/{id}"), None);
+    assert_eq!((st, e["error"].as_str()), (409, Some("hold_closed")), "{e}");
+    assert_eq!(s.get(&format!("{A}/overview"))["used"], used, "settled once, for 80");
+    assert_eq!(used, json!("80"));
+}
+
+#[test]
+fn concurrent_enrolments_of_one_user_id_have_one_winner_and_the_rest_are_told() {
+    let env = Env::new();
+    let s = std::sync::Arc::new(env.start());
+    let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..20)
+            .map(|i| {
+                let s = s.clone();
+                scope.spawn(move || {
+                    s.post(&format!("{A}/members"), json!({"user": {"id": "u-new", "email": format!("new{i}@example.com"), "name": format!("New {i}")}}))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let won: Vec<&Value> = answers.iter().filter(|(st, _)| *st == 201).map(|(_, b)| b).collect();
+    let lost = answers
+        .iter()
+        .filter(|(st, b)| *st == 409 && b["error"] == "duplicate_user_id")
+        .count();
+    assert_eq!((won.len(), lost), (1, 19), "{answers:?}");
+    let members = s.get(&format!("{A}/groups/default/members"));
+    let listed: Vec<&Value> = members["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["user"]["id"] == "u-new")
+        .collect();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0]["user"]["email"], won[0]["user"]["email"],
+        "the winner's details are kept"
+    );
+
+    // Twenty different people at once, while the folder is scanned: all
+    // enrolled, none removed on the way.
+    let answers: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..20)
+            .map(|i| {
+                let s = s.clone();
+                scope.spawn(move || {
+                    s.post(&format!("{A}/members"), json!({"user": {"id": format!("u-{i}"), "email": format!("p{i}@example.com"), "name": format!("P {i}")}})).0
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(answers.iter().all(|st| *st == 201), "{answers:?}");
+    assert_eq!(s.get(&format!("{A}/groups/default/members"))["total"], json!(21));
+    let conn = rusqlite::Connection::open(env.dir.path().join("credits.db")).unwrap();
+    let removed: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM journal WHERE body LIKE '%MemberRemoved%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(removed, 0, "a scan removed a member that was just enrolled");
+    let leftovers: Vec<_> = std::fs::read_dir(env.manifests().join("enrolled"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn idle_and_half_sent_connections_are_closed() {
+    use std::io::{Read, Write};
+    let env = Env::new();
+    let s = env.start_with_env(
+        &[],
+        &[
+            ("CREDITS_HTTP_HEADER_TIMEOUT_MS", "300"),
+            ("CREDITS_HTTP_BODY_TIMEOUT_MS", "300"),
+        ],
+    );
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let closed_within = |stream: &mut std::net::TcpStream| -> (Duration, String) {
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = Instant::now();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        (started.elapsed(), String::from_utf8_lossy(&seen).to_string())
+    };
+    // Connected, silent.
+    let mut idle = std::net::TcpStream::connect(&addr).unwrap();
+    let (after, _) = closed_within(&mut idle);
+    assert!(
+        after < Duration::from_secs(5),
+        "an idle connection stayed open {after:?}"
+    );
+    // Half the headers.
+    let mut half = std::net::TcpStream::connect(&addr).unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let (after, _) = closed_within(&mut half);
+    assert!(
+        after < Duration::from_secs(5),
+        "half-sent headers held the connection {after:?}"
+    );
+    // Headers, and a tenth of the body.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(format!("POST {A}/usage HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"member\"").as_bytes()).unwrap();
+    let (after, answer) = closed_within(&mut slow);
+    assert!(
+        after < Duration::from_secs(5),
+        "a stalled body held the connection {after:?}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    // The server still serves.
+    assert_eq!(s.call("GET", "/healthz", None).0, 200);
+}
+
+#[test]
+fn listen_takes_a_host_name() {
+    let env = Env::new();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_credit-operator"))
+        .args(["standalone", "--manifests"])
+        .arg(env.manifests())
+        .args(["--ledger", &env.ledger(), "--listen", "localhost:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(first.contains("listening on http://127.0.0.1:"), "{first}");
 }

@@ -37,6 +37,7 @@ impl Tokens {
     pub fn load(path: &Path) -> Result<Tokens, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut tokens = HashMap::new();
+        let mut lines: HashMap<String, usize> = HashMap::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -68,6 +69,13 @@ impl Tokens {
                 .next()
                 .map(str::to_string)
                 .unwrap_or_else(|| format!("{role:?}").to_lowercase());
+            if let Some(first) = lines.insert(token.to_string(), n + 1) {
+                return Err(format!(
+                    "{}:{}: this token is already on line {first}: one token, one role",
+                    path.display(),
+                    n + 1
+                ));
+            }
             tokens.insert(token.to_string(), Caller { name, role });
         }
         if tokens.is_empty() {
@@ -82,9 +90,13 @@ fn gateway_may(method: &Method, path: &str) -> bool {
     method == Method::GET || path.ends_with("/usage") || path.ends_with("/authorize") || path.contains("/holds")
 }
 
-/// Open to anyone: probes, metrics and the API description.
-fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json")
+/// Open to anyone: probes and the API description. `/metrics` (every
+/// account's figures) needs a token of either role when tokens are in
+/// use; in a cluster it is open to whatever reaches the port (the chart's
+/// Service and NetworkPolicy decide).
+fn is_public(path: &str, auth: &Auth) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/openapi.json")
+        || (path == "/metrics" && matches!(auth, Auth::Kubernetes(_)))
 }
 
 /// How callers are authenticated.
@@ -122,7 +134,7 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
             name: "local".into(),
             role: Role::Admin,
         },
-        _ if is_public(&path) => Caller {
+        auth if is_public(&path, auth) => Caller {
             name: "anonymous".into(),
             role: Role::Gateway,
         },

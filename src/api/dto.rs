@@ -227,6 +227,19 @@ pub struct UserOut {
     pub name: String,
 }
 
+/// The user being enrolled: every field required.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserIn {
+    #[schema(min_length = 1, max_length = 253, example = "u-5001")]
+    pub id: String,
+    /// An email address.
+    #[schema(min_length = 3, max_length = 320, example = "new@acme.example")]
+    pub email: String,
+    #[schema(min_length = 1, max_length = 256, example = "New Hire")]
+    pub name: String,
+}
+
 /// A member's figures.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -261,7 +274,7 @@ pub struct MembersOut {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrolIn {
-    pub user: UserOut,
+    pub user: UserIn,
     /// The group; the account's default group when absent.
     #[serde(default)]
     pub group: Option<String>,
@@ -305,7 +318,8 @@ pub struct RequestIn {
     #[schema(example = "u-1001")]
     pub member: String,
     pub credits: AmountIn,
-    #[serde(default)]
+    /// Why the credits are needed. Required.
+    #[schema(min_length = 1, max_length = 1024)]
     pub reason: String,
 }
 
@@ -324,7 +338,8 @@ pub struct ApproveIn {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DenyIn {
-    #[serde(default)]
+    /// Why the request is denied. Required.
+    #[schema(min_length = 1, max_length = 1024)]
     pub reason: String,
 }
 

@@ -11,6 +11,8 @@ pub mod error;
 pub mod kube_auth;
 pub mod metrics;
 mod openapi;
+mod origin;
+pub mod serve;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -99,8 +101,33 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi_doc))
         .route_layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed on this path"),
+            )
+        })
         .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(middleware::from_fn(origin::guard))
+        .layer(middleware::from_fn(long_uri))
         .with_state(state)
+}
+
+/// The longest request target answered; a longer one is a JSON 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+async fn long_uri(request: Request, next: Next) -> Response {
+    let length = request.uri().to_string().len();
+    if length > MAX_URI_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is {length} bytes; at most {MAX_URI_BYTES}"),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -120,6 +147,9 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
     response
 }
 
+/// The largest request body (axum's default limit).
+pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
+
 /// A JSON body; a malformed one is a 400 naming the field.
 pub struct Body<T>(pub T);
 
@@ -127,9 +157,26 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::bad_field("body", e))?;
+        let timeout = serve::body_timeout();
+        let read = tokio::time::timeout(timeout, Bytes::from_request(req, state));
+        let bytes = read.await.map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the body did not arrive within {} ms", timeout.as_millis()),
+            )
+        })?;
+        let bytes = bytes.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("the body is larger than the {} bytes a call may send", BODY_LIMIT),
+                )
+            } else {
+                ApiError::bad_field("body", e)
+            }
+        })?;
         let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {
@@ -144,6 +191,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         de.end().map_err(|e| ApiError::bad_field("body", e))?;
         Ok(Body(value))
     }
+}
+
+/// A request and a denial say why (DESIGN.md): blank is no reason.
+fn require_reason(reason: &str) -> Result<(), ApiError> {
+    if reason.trim().is_empty() {
+        return Err(ApiError::bad_field("reason", "is required: say why"));
+    }
+    Ok(())
 }
 
 fn account_id(ns: &str, account: &str) -> String {
@@ -305,9 +360,15 @@ async fn usage(
     let charge = charge(b.credits, b.cost_usd)?;
     let occurred_at = b
         .occurred_at
-        .map(|t| t.parse::<Timestamp>())
+        .map(|t| t.parse::<Timestamp>().map_err(|_| t))
         .transpose()
-        .map_err(|e| ApiError::bad_field("occurredAt", format!("must be an RFC 3339 time: {e}")))?;
+        .map_err(|t| {
+            let shown: String = t.chars().take(40).collect();
+            ApiError::bad_field(
+                "occurredAt",
+                format!("must be an RFC 3339 time from 0001-01-01 to 9999-12-30, such as 2026-12-01T10:00:00Z (got {shown:?})"),
+            )
+        })?;
     let command = Command::RecordUsage {
         account: account_id(&ns, &account),
         member: b.member,
@@ -579,6 +640,12 @@ async fn enrol(
             }
         }
         crate::ledger::check_name("user.id", &b.user.id)?;
+        if !b.user.email.contains('@') || b.user.email.trim() != b.user.email {
+            return Err(ApiError::bad_field("user.email", "must be an email address"));
+        }
+        if b.user.name.trim().is_empty() {
+            return Err(ApiError::bad_field("user.name", "is required"));
+        }
         if let Some(existing) = acct.members.get(&b.user.id).filter(|m| m.active) {
             return Err(LedgerError::DuplicateUserId {
                 user_id: b.user.id.clone(),
@@ -675,6 +742,7 @@ async fn create_request(
     Path((ns, account)): Path<(String, String)>,
     Body(b): Body<RequestIn>,
 ) -> Result<(StatusCode, Json<RequestOut>), ApiError> {
+    require_reason(&b.reason)?;
     let id = account_id(&ns, &account);
     let member_name = {
         let state = s.ledger.read();
@@ -791,6 +859,7 @@ async fn deny(
     Extension(caller): Extension<Caller>,
     Body(b): Body<DenyIn>,
 ) -> Result<Json<RequestOut>, ApiError> {
+    require_reason(&b.reason)?;
     decide(&s, &ns, &account, &name, Verdict::Deny, b.reason, caller.name).await
 }
 

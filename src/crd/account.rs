@@ -49,10 +49,9 @@ pub struct CreditAccountSpec {
     #[serde(default = "default_timezone")]
     #[schemars(length(min = 1, max = 64))]
     pub timezone: String,
-    /// Internal credit units per $1 of cost. `0` (the default) disables
-    /// credit tracking: usage is still stored, nothing is debited and every
-    /// authorization is allowed.
-    #[serde(default)]
+    /// Internal credit units per $1 of cost. Required: `0`, written out,
+    /// disables credit tracking (usage is still stored, nothing is debited
+    /// and every authorization is allowed); an omission never does.
     pub credit_factor: Amount,
     /// Credits per cycle a member gets when it joins without an explicit
     /// `monthlyCredits`. Recorded at enrolment; `0` disables it.

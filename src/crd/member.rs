@@ -49,13 +49,12 @@ pub struct UserRef {
     /// and immutable.
     #[schemars(length(min = 1, max = 253))]
     pub id: String,
-    /// The user's email, used for search and ordering.
-    #[serde(default)]
-    #[schemars(length(max = 320))]
+    /// The user's email, used for search and ordering. Required.
+    #[schemars(length(min = 3, max = 320))]
+    #[x_kube(validation = kube::core::Rule::new("self.contains('@')").message("must be an email address"))]
     pub email: String,
-    /// The user's display name.
-    #[serde(default)]
-    #[schemars(length(max = 256))]
+    /// The user's display name. Required.
+    #[schemars(length(min = 1, max = 256))]
     pub name: String,
 }
 

@@ -64,22 +64,12 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
 /// (pattern, bounds, lengths), then the CEL rules, with `old` for update
 /// rules. Returns one line per broken rule, each naming the field.
 pub fn check_cel_rules(kind: &str, object: &serde_json::Value, old: Option<&serde_json::Value>) -> Vec<String> {
-    let Some(crd) = all_crds().into_iter().find(|c| c.spec.names.kind == kind) else {
-        return vec![format!("kind: unknown kind {kind:?}")];
-    };
-    let Some(schema) = crd.spec.versions[0]
-        .schema
-        .as_ref()
-        .and_then(|s| s.open_api_v3_schema.as_ref())
-    else {
-        return vec![format!("kind: {kind} has no schema")];
-    };
-    let schema = match serde_json::to_value(schema) {
+    let schema = match schema_of(kind) {
         Ok(s) => s,
-        Err(e) => return vec![format!("kind: {kind} schema: {e}")],
+        Err(e) => return vec![e],
     };
-    let mut problems = schema::check_values(&schema, object);
-    if let Err(errors) = Validator::new().validate(&schema, object, old) {
+    let mut problems = schema::check_values(schema, object);
+    if let Err(errors) = Validator::new().validate(schema, object, old) {
         problems.extend(
             errors
                 .into_vec()
@@ -88,4 +78,39 @@ pub fn check_cel_rules(kind: &str, object: &serde_json::Value, old: Option<&serd
         );
     }
     problems
+}
+
+/// The fields of `object` (as written, before any parsing drops them)
+/// that its kind's schema does not know, as dotted paths
+/// (`spec.autoAprove`): the API server's strict field validation, offline.
+pub fn unknown_fields(kind: &str, object: &serde_json::Value) -> Vec<String> {
+    match schema_of(kind) {
+        Ok(schema) => schema::unknown_fields(schema, object),
+        Err(e) => vec![e],
+    }
+}
+
+/// The OpenAPI schema of a kind's served version, built once.
+fn schema_of(kind: &str) -> Result<&'static serde_json::Value, String> {
+    static SCHEMAS: std::sync::OnceLock<Vec<(String, Result<serde_json::Value, String>)>> = std::sync::OnceLock::new();
+    let schemas = SCHEMAS.get_or_init(|| {
+        all_crds()
+            .into_iter()
+            .map(|crd| {
+                let kind = crd.spec.names.kind.clone();
+                let schema = crd.spec.versions[0]
+                    .schema
+                    .as_ref()
+                    .and_then(|s| s.open_api_v3_schema.as_ref())
+                    .ok_or_else(|| format!("kind: {kind} has no schema"))
+                    .and_then(|s| serde_json::to_value(s).map_err(|e| format!("kind: {kind} schema: {e}")));
+                (kind, schema)
+            })
+            .collect()
+    });
+    match schemas.iter().find(|(k, _)| k == kind) {
+        Some((_, Ok(schema))) => Ok(schema),
+        Some((_, Err(e))) => Err(e.clone()),
+        None => Err(format!("kind: unknown kind {kind:?}")),
+    }
 }

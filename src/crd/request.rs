@@ -33,9 +33,8 @@ pub struct CreditRequestSpec {
     /// Credits asked for; more than zero.
     #[x_kube(validation = kube::core::Rule::new("string(self).matches('[1-9]')").message("must be greater than zero"))]
     pub credits: Amount,
-    /// Why the credits are needed.
-    #[serde(default)]
-    #[schemars(length(max = 1024))]
+    /// Why the credits are needed. Required.
+    #[schemars(length(min = 1, max = 1024))]
     pub reason: String,
 }
 
@@ -58,6 +57,7 @@ pub enum Decision {
 /// Written by an approver with a status patch; the operator never writes it.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.decision != 'Deny' || (has(self.reason) && self.reason.matches('\\\\S'))").message("a denial needs a reason"))]
 pub struct Approval {
     /// `Approve` or `Deny`.
     pub decision: Decision,

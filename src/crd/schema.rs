@@ -156,3 +156,77 @@ fn walk(schema: &Value, value: &Value, path: &str, problems: &mut Vec<String>) {
         _ => {}
     }
 }
+
+/// The fields of `metav1.ObjectMeta` (the CRD's schema says only `object`).
+const OBJECT_META_FIELDS: &[&str] = &[
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+];
+
+/// Every field of `value` that `schema` does not know, as a dotted path
+/// (`spec.autoAprove`), the way the API server's strict field validation
+/// names it. `metadata` is checked against `ObjectMeta`'s fields.
+pub fn unknown_fields(schema: &Value, value: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    unknown(schema, value, "", &mut out);
+    out
+}
+
+fn unknown(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
+    match value {
+        Value::Object(fields) => {
+            if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+                return;
+            }
+            let props = schema.get("properties").and_then(Value::as_object);
+            let extra = schema.get("additionalProperties").filter(|v| v.is_object());
+            for (name, child) in fields {
+                let child_path = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path}.{name}")
+                };
+                if path.is_empty() && matches!(name.as_str(), "apiVersion" | "kind" | "metadata") {
+                    if name == "metadata" {
+                        unknown(&Value::Null, child, "metadata", out);
+                    }
+                    continue;
+                }
+                if path == "metadata" {
+                    if !OBJECT_META_FIELDS.contains(&name.as_str()) {
+                        out.push(child_path);
+                    }
+                    continue;
+                }
+                match (props.and_then(|p| p.get(name)), extra) {
+                    (Some(child_schema), _) | (None, Some(child_schema)) => {
+                        unknown(child_schema, child, &child_path, out)
+                    }
+                    (None, None) if props.is_some() => out.push(child_path),
+                    (None, None) => {}
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    unknown(item_schema, item, &format!("{path}[{i}]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}

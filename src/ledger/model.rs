@@ -132,6 +132,14 @@ impl MemberSpec {
         if self.display_name.len() > 256 {
             return Err(LedgerError::field("spec.user.name", "must be at most 256 characters"));
         }
+        for (field, text) in [("spec.user.email", &self.email), ("spec.user.name", &self.display_name)] {
+            if let Some(c) = text.chars().find(|c| c.is_control()) {
+                return Err(LedgerError::field(
+                    field,
+                    format!("must not hold control characters (found U+{:04X})", c as u32),
+                ));
+            }
+        }
         if let Some(g) = &self.group {
             check_name("spec.group", g)?;
         }

@@ -948,8 +948,20 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
                     return Ok(Outcome::Cycle(acct.cycle));
                 }
             }
+            // A mark from before the current cycle began asks for nothing
+            // this cycle has not already given (a fresh ledger meeting an
+            // old annotation, a restored object).
+            if mark.is_some_and(|m| m < acct.cycle.start) {
+                return Ok(Outcome::Cycle(acct.cycle));
+            }
             let tz = time_zone(&acct.settings.timezone).map_err(|e| LedgerError::field("spec.timezone", e))?;
-            let (anchor, anchor_wall) = Schedule::anchor_now(&tz, now);
+            // A calendar month keeps its day and time: the fresh cycle ends
+            // at the next boundary of the same anchor. A duration counts
+            // afresh from now.
+            let (anchor, anchor_wall) = match acct.settings.cadence {
+                crate::cycle::Cadence::CalendarMonth => (acct.anchor, acct.anchor_wall),
+                crate::cycle::Cadence::Every { .. } => Schedule::anchor_now(&tz, now),
+            };
             let schedule = Schedule::new(acct.settings.cadence, anchor, anchor_wall, tz);
             let started = Event::CycleStarted {
                 number: acct.cycle.number + 1,
@@ -1114,6 +1126,13 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
                     format!("must be between 1 and {MAX_HOLD_TTL_SECONDS}"),
                 ));
             }
+            if charge.amount().is_zero() {
+                let field = match charge {
+                    Charge::Credits(_) => "credits",
+                    Charge::CostUsd(_) => "costUsd",
+                };
+                return Err(LedgerError::field(field, "a hold must reserve more than 0"));
+            }
             let acct = em.state.active_account(&account)?;
             let credits = credits_for(acct, charge)?;
             if let Some(record) = acct.keys.get(&key) {
@@ -1159,7 +1178,17 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
                 .get(&id)
                 .ok_or_else(|| LedgerError::UnknownHold(id.clone()))?;
             match hold.state {
-                HoldState::Settled => return Ok(Outcome::Hold(hold.view(true))),
+                // The same settlement again is a replay; another amount is
+                // a conflict, never a silent success.
+                HoldState::Settled if hold.settled_credits == Some(credits) => {
+                    return Ok(Outcome::Hold(hold.view(true)))
+                }
+                HoldState::Settled => {
+                    return Err(LedgerError::HoldClosed {
+                        id,
+                        state: format!("Settled for {} credits", hold.settled_credits.unwrap_or_default()),
+                    });
+                }
                 HoldState::Released => {
                     return Err(LedgerError::HoldClosed {
                         id,
@@ -1187,8 +1216,16 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
                 .holds
                 .get(&id)
                 .ok_or_else(|| LedgerError::UnknownHold(id.clone()))?;
-            if hold.state != HoldState::Open {
-                return Ok(Outcome::Hold(hold.view(true)));
+            match hold.state {
+                HoldState::Open => {}
+                // Settled credits are spent: releasing them is a conflict.
+                HoldState::Settled => {
+                    return Err(LedgerError::HoldClosed {
+                        id,
+                        state: "Settled".to_string(),
+                    });
+                }
+                HoldState::Released | HoldState::Expired => return Ok(Outcome::Hold(hold.view(true))),
             }
             catch_up(em, &account)?;
             if em.state.accounts[&account].holds[&id].state == HoldState::Open {

@@ -106,11 +106,10 @@ async fn wait_for_leadership(
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let router = standby_router(elector.clone());
     let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = done_rx.await;
-            })
-            .await
+        api::serve::serve(listener, router, async move {
+            let _ = done_rx.await;
+        })
+        .await
     });
     let leader = loop {
         match elector.try_acquire().await {
@@ -272,11 +271,10 @@ async fn serve(
     };
     let mut server_stop = stop_rx.clone();
     let served = async {
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.changed().await;
-            })
-            .await
+        api::serve::serve(listener, api::router(state), async move {
+            let _ = server_stop.changed().await;
+        })
+        .await
     };
     if let Some((ns, pod)) = &leader_pod {
         if let Err(e) = label_pod(client_for_label.clone(), ns, pod, true).await {

@@ -19,7 +19,7 @@ use crate::clock::Clock;
 use crate::ledger::writer::LedgerOptions;
 use crate::ledger::{numbers, Ledger, MemberSpec};
 use crate::manifests;
-use reconcile::Reconciler;
+use reconcile::{Reconciler, Settle};
 
 /// Where enrolled members go, under the manifest folder.
 pub const ENROLLED_DIR: &str = "enrolled";
@@ -31,6 +31,9 @@ pub struct Options {
     pub listen: SocketAddr,
     pub tokens: Option<api::auth::Tokens>,
     pub poll_interval: Duration,
+    /// How long a changed file must stay unchanged before it is read as
+    /// intent (see [`Settle`]).
+    pub settle: Duration,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -54,22 +57,67 @@ pub enum StartError {
 struct Folder {
     dir: PathBuf,
     ledger: Ledger,
-    state: Mutex<(Reconciler, Option<std::collections::BTreeMap<PathBuf, String>>)>,
+    /// Held across a whole scan and reconcile, so a scan that started
+    /// before an enrolment never applies after it.
+    state: Mutex<FolderState>,
+    /// One enrolment at a time: the duplicate check and the file write
+    /// happen together.
+    enrolment: Mutex<()>,
+}
+
+struct FolderState {
+    scanner: manifests::Scanner,
+    reconciler: Reconciler,
+    settle: Settle,
+    /// The contents and the still-settling files of the last reconcile.
+    reconciled: Option<(
+        std::collections::BTreeMap<PathBuf, String>,
+        std::collections::BTreeSet<PathBuf>,
+    )>,
+}
+
+/// What one look at the folder found.
+#[derive(Debug, PartialEq, Eq)]
+enum Look {
+    /// Everything read is applied.
+    Settled,
+    /// A file changed too recently to be read as intent: look again soon.
+    Settling,
 }
 
 impl Folder {
     /// Scans the folder and reconciles when anything changed (or `force`).
-    async fn sync(&self, force: bool) -> Result<(), std::io::Error> {
-        let dir = self.dir.clone();
-        let scan = tokio::task::spawn_blocking(move || manifests::scan(&dir))
-            .await
-            .map_err(std::io::Error::other)??;
+    async fn sync(&self, force: bool) -> Result<Look, std::io::Error> {
         let mut guard = self.state.lock().await;
-        let (reconciler, seen) = &mut *guard;
-        if !force && seen.as_ref() == Some(&scan.contents) {
-            return Ok(());
+        let dir = self.dir.clone();
+        let mut scanner = std::mem::take(&mut guard.scanner);
+        let (scanner, scan) = tokio::task::spawn_blocking(move || {
+            let scan = scanner.scan(&dir);
+            (scanner, scan)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        guard.scanner = scanner;
+        let scan = scan?;
+        let st = &mut *guard;
+        let unsettled = st.settle.unsettled(&scan.contents, std::time::Instant::now());
+        let outcome = if unsettled.is_empty() {
+            Look::Settled
+        } else {
+            Look::Settling
+        };
+        if !force
+            && st
+                .reconciled
+                .as_ref()
+                .is_some_and(|(c, u)| *c == scan.contents && *u == unsettled)
+        {
+            return Ok(outcome);
         }
-        let report = reconciler.reconcile(&self.ledger, &scan).await;
+        for file in &unsettled {
+            tracing::debug!(file = %file.display(), delay = ?st.settle.delay(), "changed just now; waiting for it to settle");
+        }
+        let report = st.reconciler.reconcile(&self.ledger, &scan, &unsettled).await;
         for p in &report.problems {
             match p.severity {
                 manifests::Severity::Error => tracing::error!("{p}"),
@@ -80,10 +128,20 @@ impl Folder {
             files = scan.contents.len(),
             objects = scan.objects.len(),
             broken = scan.broken.len(),
+            settling = unsettled.len(),
             "manifests reconciled"
         );
-        *seen = Some(scan.contents);
-        Ok(())
+        st.reconciled = Some((scan.contents, unsettled));
+        Ok(outcome)
+    }
+
+    /// Marks a file this process wrote whole as settled.
+    async fn trust(&self, file: PathBuf, content: String) {
+        self.state
+            .lock()
+            .await
+            .settle
+            .trust(file, content, std::time::Instant::now());
     }
 }
 
@@ -98,6 +156,20 @@ impl Directory for FolderDirectory {
         member: MemberSpec,
     ) -> Pin<Box<dyn Future<Output = Result<(), ApiError>> + Send + 'a>> {
         Box::pin(async move {
+            let _one_at_a_time = self.0.enrolment.lock().await;
+            // Checked again under the lock: of concurrent enrolments of one
+            // user id, the first wins and the others are told so.
+            {
+                let state = self.0.ledger.read();
+                let acct = state.active_account(account)?;
+                if let Some(existing) = acct.members.get(&member.user_id).filter(|m| m.active) {
+                    return Err(crate::ledger::LedgerError::DuplicateUserId {
+                        user_id: member.user_id.clone(),
+                        owner: existing.name().to_string(),
+                    }
+                    .into());
+                }
+            }
             let (ns, _) = account.split_once('/').unwrap_or(("default", account));
             let yaml = enrolled_manifest(ns, &member);
             let dir = self.0.dir.join(ENROLLED_DIR);
@@ -109,11 +181,26 @@ impl Directory for FolderDirectory {
                     format!("cannot write {}: {e}", file.display()),
                 )
             };
+            if file.exists() {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::CONFLICT,
+                    "duplicate_member",
+                    format!(
+                        "{} already exists: the member it declares is not active (is that file broken?)",
+                        file.display()
+                    ),
+                ));
+            }
             std::fs::create_dir_all(&dir).map_err(unavailable)?;
-            // Write then rename, so a scan never sees half a file.
-            let tmp = dir.join(format!(".{ns}-{}.yaml.tmp", member.name));
-            std::fs::write(&tmp, yaml).map_err(unavailable)?;
-            std::fs::rename(&tmp, &file).map_err(unavailable)?;
+            // Write then rename in the same folder, so a scan never sees
+            // half a file; the name is this process's own.
+            let tmp = dir.join(format!(".{ns}-{}.{}.tmp", member.name, std::process::id()));
+            let written = std::fs::write(&tmp, &yaml).and_then(|_| std::fs::rename(&tmp, &file));
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(unavailable(e));
+            }
+            self.0.trust(file.clone(), yaml).await;
             self.0.sync(true).await.map_err(unavailable)?;
             Ok(())
         })
@@ -160,12 +247,27 @@ pub async fn run(options: Options) -> Result<(), StartError> {
     let folder = Arc::new(Folder {
         dir: options.manifests.clone(),
         ledger: ledger.clone(),
-        state: Mutex::new((Reconciler::default(), None)),
+        state: Mutex::new(FolderState {
+            scanner: manifests::Scanner::default(),
+            reconciler: Reconciler::default(),
+            settle: Settle::new(options.settle),
+            reconciled: None,
+        }),
+        enrolment: Mutex::new(()),
     });
-    folder
-        .sync(true)
+    // At start-up every file is new: read the folder until it holds still
+    // (a file being written keeps its last good state, none yet).
+    let mut tries = 0;
+    while folder
+        .sync(false)
         .await
-        .map_err(|e| StartError::Manifests(options.manifests.clone(), e))?;
+        .map_err(|e| StartError::Manifests(options.manifests.clone(), e))?
+        == Look::Settling
+        && tries < 20
+    {
+        tries += 1;
+        tokio::time::sleep(options.settle).await;
+    }
     ledger.catch_up(None).await?;
 
     let listener = tokio::net::TcpListener::bind(options.listen)
@@ -182,12 +284,35 @@ pub async fn run(options: Options) -> Result<(), StartError> {
     let _ = std::io::stdout().flush();
 
     let poller = {
-        let (folder, ledger, every) = (folder.clone(), ledger.clone(), options.poll_interval);
+        let (folder, ledger, every, settle) = (folder.clone(), ledger.clone(), options.poll_interval, options.settle);
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let watcher = watch(&options.manifests, changed.clone());
+        // With a watcher the folder is read when it changes (and, in case an
+        // event is lost, every FALLBACK_SCAN); without one, every poll.
+        let fallback = if watcher.is_some() {
+            FALLBACK_SCAN.max(every)
+        } else {
+            every
+        };
         tokio::spawn(async move {
+            let _watcher = watcher;
+            let mut settling = false;
+            let mut last_scan = tokio::time::Instant::now();
             loop {
-                tokio::time::sleep(every).await;
-                if let Err(e) = folder.sync(false).await {
-                    tracing::error!(error = %e, "cannot read the manifest folder; keeping the last good state");
+                let wait = if settling { settle.min(every) } else { every };
+                let notified = tokio::select! {
+                    _ = changed.notified() => true,
+                    _ = tokio::time::sleep(wait) => false,
+                };
+                if notified || settling || last_scan.elapsed() >= fallback {
+                    last_scan = tokio::time::Instant::now();
+                    settling = match folder.sync(false).await {
+                        Ok(look) => look == Look::Settling,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot read the manifest folder; keeping the last good state");
+                            false
+                        }
+                    };
                 }
                 if let Err(e) = ledger.catch_up(None).await {
                     tracing::error!(error = %e, "cannot apply due cycle boundaries");
@@ -202,12 +327,33 @@ pub async fn run(options: Options) -> Result<(), StartError> {
         metrics,
         directory: Arc::new(FolderDirectory(folder)),
     };
-    let served = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let served = api::serve::serve(listener, api::router(state), shutdown_signal()).await;
     poller.abort();
     tokio::task::spawn_blocking(move || ledger.shutdown()).await.ok();
     served.map_err(StartError::Serve)
+}
+
+/// How often the folder is read in full when a watcher reports changes.
+pub const FALLBACK_SCAN: Duration = Duration::from_secs(30);
+
+/// Watches the folder (recursively) and wakes `changed` on any event;
+/// `None` when the platform's watcher cannot start (the poll then scans).
+fn watch(dir: &std::path::Path, changed: Arc<tokio::sync::Notify>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let handler = move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            changed.notify_one();
+        }
+    };
+    let started = notify::recommended_watcher(handler)
+        .and_then(|mut w| w.watch(dir, notify::RecursiveMode::Recursive).map(|_| w));
+    match started {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the manifest folder; scanning it every poll instead");
+            None
+        }
+    }
 }
 
 fn redact(url: &str) -> String {

@@ -18,6 +18,10 @@ pub const MANIFEST_APPROVER: &str = "manifest";
 #[derive(Default)]
 pub struct Reconciler {
     last_good: BTreeMap<PathBuf, Vec<Sourced>>,
+    /// What the last round stated, when every command of it succeeded: a
+    /// round that would state the same again is skipped (a file being
+    /// written changes the folder, not the intent).
+    last_round: Option<(Vec<(PathBuf, Object)>, bool)>,
 }
 
 /// What a round did not manage, for the log.
@@ -25,20 +29,37 @@ pub struct Reconciler {
 pub struct Report {
     pub problems: Vec<Problem>,
     pub applied: usize,
+    /// Commands the ledger refused or could not commit.
+    pub failures: usize,
 }
 
 impl Reconciler {
-    /// Applies a scan to the ledger.
-    pub async fn reconcile(&mut self, ledger: &Ledger, scan: &Scan) -> Report {
+    /// Applies a scan to the ledger. Files in `unsettled` (still being
+    /// written, see [`Settle`]) count as broken: they keep their last good
+    /// objects and nothing is removed.
+    pub async fn reconcile(&mut self, ledger: &Ledger, scan: &Scan, unsettled: &BTreeSet<PathBuf>) -> Report {
         let mut report = Report {
-            problems: scan.problems.clone(),
+            problems: scan
+                .problems
+                .iter()
+                .filter(|p| !unsettled.contains(&p.file))
+                .cloned()
+                .collect(),
             applied: 0,
+            failures: 0,
         };
         // Objects of good files replace what those files held before.
-        let broken: BTreeSet<&PathBuf> = scan.broken.iter().collect();
+        let broken: BTreeSet<&PathBuf> = scan.broken.iter().chain(unsettled).collect();
         let mut by_file: BTreeMap<PathBuf, Vec<Sourced>> = BTreeMap::new();
         for s in &scan.objects {
             by_file.entry(s.file.clone()).or_default().push(s.clone());
+        }
+        let mut previous: BTreeMap<(String, String), PathBuf> = BTreeMap::new();
+        for s in self.last_good.values().flatten() {
+            let key = (s.object.namespace().to_string(), s.object.name().to_string());
+            if matches!(s.object, Object::Member(_) | Object::Group(_) | Object::Account(_)) {
+                previous.insert((format!("{}:{}", s.object.kind(), key.0), key.1), s.file.clone());
+            }
         }
         self.last_good
             .retain(|file, _| scan.contents.contains_key(file) || broken.contains(file));
@@ -49,15 +70,27 @@ impl Reconciler {
             }
         }
         let desired: Vec<&Sourced> = self.last_good.values().flatten().collect();
-        let removals_allowed = scan.broken.is_empty();
+        let removals_allowed = broken.is_empty();
+        let round_key = (
+            desired
+                .iter()
+                .map(|s| (s.file.clone(), s.object.clone()))
+                .collect::<Vec<_>>(),
+            removals_allowed,
+        );
+        if self.last_round.as_ref() == Some(&round_key) {
+            return report;
+        }
 
         let mut round = Round {
             ledger,
             report: &mut report,
             scope: None,
             approver: |_| MANIFEST_APPROVER.to_string(),
+            previous,
         };
         round.apply(&desired, removals_allowed).await;
+        self.last_round = (report.failures == 0).then_some(round_key);
         report
     }
 }
@@ -78,6 +111,7 @@ pub async fn apply_desired(
         report: &mut report,
         scope: scope.map(str::to_string),
         approver,
+        previous: BTreeMap::new(),
     };
     round.apply(desired, removals_allowed).await;
     report
@@ -89,6 +123,9 @@ struct Round<'a> {
     /// Only accounts of this namespace may be removed.
     scope: Option<String>,
     approver: fn(&Sourced) -> String,
+    /// Where each object was declared before this round (`Kind:namespace`,
+    /// name), to say which file a removal comes from.
+    previous: BTreeMap<(String, String), PathBuf>,
 }
 
 fn account_id(namespace: &str, name: &str) -> String {
@@ -119,6 +156,7 @@ impl Round<'_> {
                 true
             }
             Err(e) => {
+                self.report.failures += 1;
                 self.problem(s, Severity::Error, e);
                 false
             }
@@ -132,6 +170,7 @@ impl Round<'_> {
         let namespaces: BTreeSet<&str> = ordered.iter().map(|s| s.object.namespace()).collect();
 
         let mut active_accounts: BTreeMap<String, String> = BTreeMap::new();
+        let mut held: BTreeSet<String> = BTreeSet::new();
         for ns in &namespaces {
             let accounts: Vec<&&Sourced> = ordered
                 .iter()
@@ -166,8 +205,16 @@ impl Round<'_> {
                 continue;
             }
             let Ok(settings) = convert::account_settings(&a.spec) else {
+                held.insert(id.clone());
+                active_accounts.remove(s.object.namespace());
                 continue;
             };
+            let tracking_was_on = self
+                .ledger
+                .read()
+                .account(&id)
+                .is_some_and(|acct| acct.active && !acct.settings.credit_factor.is_zero());
+            let tracking_off = settings.credit_factor.is_zero();
             if !self
                 .run(
                     s,
@@ -178,8 +225,18 @@ impl Round<'_> {
                 )
                 .await
             {
+                // A refused apply is no removal: the account keeps what the
+                // ledger has, and nothing in it is removed this round.
+                held.insert(id.clone());
                 active_accounts.remove(s.object.namespace());
                 continue;
+            }
+            if tracking_was_on && tracking_off {
+                tracing::warn!(
+                    account = %id,
+                    file = %s.file.display(),
+                    "credit tracking is now DISABLED: creditFactor is 0; usage is stored but nothing is debited"
+                );
             }
             if let Ok(Some(mark)) = convert::reset_mark(a.metadata.annotations.as_ref()) {
                 self.run(
@@ -241,6 +298,35 @@ impl Round<'_> {
                 .uid()
                 .map(str::to_string)
                 .unwrap_or_else(|| format!("{}/{}", s.object.namespace(), s.object.name()));
+            // A request is immutable once submitted (the CRD says so in a
+            // cluster): an edit, or a new request under a used name, is
+            // reported, never silently ignored.
+            let submitted = self
+                .ledger
+                .read()
+                .account(&account)
+                .and_then(|a| a.requests.get(&uid))
+                .map(|q| (q.member.clone(), q.credits, q.reason.clone(), q.phase, q.submitted_at));
+            if let Some((member, credits, reason, phase, at)) = submitted {
+                let mut changed = Vec::new();
+                if member != r.spec.member {
+                    changed.push(format!("member {member:?} → {:?}", r.spec.member));
+                }
+                if credits != r.spec.credits {
+                    changed.push(format!("credits {credits} → {}", r.spec.credits));
+                }
+                if reason != r.spec.reason {
+                    changed.push("reason".to_string());
+                }
+                if !changed.is_empty() {
+                    let message = format!(
+                        "a request is immutable once submitted: this name was submitted at {at} and is {phase:?}; this change ({}) is ignored: a new request needs a new name",
+                        changed.join(", ")
+                    );
+                    self.problem(s, Severity::Error, LedgerError::field("spec", message));
+                    continue;
+                }
+            }
             let submit = Command::SubmitRequest {
                 account: account.clone(),
                 uid: uid.clone(),
@@ -281,7 +367,7 @@ impl Round<'_> {
         }
 
         if removals_allowed {
-            self.remove_missing(&active_accounts, &desired_groups, &desired_members)
+            self.remove_missing(&active_accounts, &held, &desired_groups, &desired_members)
                 .await;
         }
     }
@@ -316,6 +402,7 @@ impl Round<'_> {
                     })
                     .await
                 {
+                    self.report.failures += 1;
                     tracing::error!(%account, error = %e, "cannot create the default group");
                 }
             }
@@ -326,6 +413,7 @@ impl Round<'_> {
     async fn remove_missing(
         &mut self,
         accounts: &BTreeMap<String, String>,
+        held: &BTreeSet<String>,
         groups: &BTreeSet<(String, String)>,
         members: &BTreeSet<(String, String)>,
     ) {
@@ -338,7 +426,11 @@ impl Round<'_> {
                     .as_ref()
                     .is_none_or(|ns| id.split('/').next() == Some(ns.as_str()))
             };
-            for (id, account) in state.accounts.iter().filter(|(id, a)| a.active && in_scope(id)) {
+            for (id, account) in state
+                .accounts
+                .iter()
+                .filter(|(id, a)| a.active && in_scope(id) && !held.contains(*id))
+            {
                 if !serving.contains(id) {
                     commands.push(Command::RemoveAccount { account: id.clone() });
                     continue;
@@ -365,10 +457,112 @@ impl Round<'_> {
             }
         }
         for command in commands {
-            tracing::info!(?command, "removing what the manifests no longer declare");
+            let (kind, account, name) = match &command {
+                Command::RemoveAccount { account } => (
+                    "CreditAccount",
+                    account,
+                    account.split('/').nth(1).unwrap_or_default().to_string(),
+                ),
+                Command::RemoveGroup { account, name } => ("CreditGroup", account, name.clone()),
+                Command::RemoveMember { account, user_id } => {
+                    let name = self
+                        .ledger
+                        .read()
+                        .account(account)
+                        .and_then(|a| a.members.get(user_id).map(|m| m.name().to_string()))
+                        .unwrap_or_else(|| user_id.clone());
+                    ("MemberAllocation", account, name)
+                }
+                _ => ("-", &String::new(), String::new()),
+            };
+            let ns = account.split('/').next().unwrap_or_default().to_string();
+            let file = self
+                .previous
+                .get(&(format!("{kind}:{ns}"), name.clone()))
+                .map(|f| f.display().to_string())
+                .unwrap_or_else(|| "no file this process has read".into());
+            tracing::warn!(
+                kind,
+                %account,
+                %name,
+                %file,
+                "REMOVING {kind} {name} of {account}: no file declares it any more (it was in {file})"
+            );
             if let Err(e) = self.ledger.execute(command).await {
+                self.report.failures += 1;
                 tracing::error!(error = %e, "removal failed");
             }
         }
+    }
+}
+
+/// Decides when a changed file may be read as intent: only once its
+/// content (or its absence) has been the same across reads at least
+/// `delay` apart, so a file an editor is still writing in place never
+/// counts. Until then the file keeps its last good objects and nothing is
+/// removed anywhere, as for a broken file.
+#[derive(Debug)]
+pub struct Settle {
+    delay: std::time::Duration,
+    /// Each file's content at the last read (`None`: absent) and when that
+    /// content was first seen.
+    seen: BTreeMap<PathBuf, (Option<String>, std::time::Instant)>,
+}
+
+impl Settle {
+    pub fn new(delay: std::time::Duration) -> Settle {
+        Settle {
+            delay,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// The files of `contents` (and the files gone since the last read)
+    /// whose state is younger than the delay at `now`.
+    pub fn unsettled(&mut self, contents: &BTreeMap<PathBuf, String>, now: std::time::Instant) -> BTreeSet<PathBuf> {
+        let mut unsettled = BTreeSet::new();
+        for (file, text) in contents {
+            match self.seen.get(file) {
+                Some((Some(seen), since)) if seen == text => {
+                    if now.saturating_duration_since(*since) < self.delay {
+                        unsettled.insert(file.clone());
+                    }
+                }
+                _ => {
+                    self.seen.insert(file.clone(), (Some(text.clone()), now));
+                    if !self.delay.is_zero() {
+                        unsettled.insert(file.clone());
+                    }
+                }
+            }
+        }
+        self.seen.retain(|file, (content, since)| {
+            if contents.contains_key(file) {
+                return true;
+            }
+            if content.is_some() {
+                // Just gone: it may be an editor's delete-then-write.
+                *content = None;
+                *since = now;
+            }
+            if now.saturating_duration_since(*since) < self.delay {
+                unsettled.insert(file.clone());
+                true
+            } else {
+                false
+            }
+        });
+        unsettled
+    }
+
+    /// Marks `file` as written whole with `content` (an atomic rename by
+    /// this process): settled at once.
+    pub fn trust(&mut self, file: PathBuf, content: String, now: std::time::Instant) {
+        let since = now.checked_sub(self.delay).unwrap_or(now);
+        self.seen.insert(file, (Some(content), since));
+    }
+
+    pub fn delay(&self) -> std::time::Duration {
+        self.delay
     }
 }

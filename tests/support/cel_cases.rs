@@ -35,7 +35,7 @@ pub fn member(id: &str) -> Value {
     object(
         "MemberAllocation",
         "alice",
-        json!({"user": {"id": id, "email": "alice@example.com"}, "monthlyCredits": 100}),
+        json!({"user": {"id": id, "email": "alice@example.com", "name": "Alice"}, "monthlyCredits": 100}),
     )
 }
 
@@ -85,61 +85,61 @@ pub fn creates() -> Vec<Case> {
         ),
         bad(
             a,
-            account(json!({"creditsPerCycle": -1, "cadence": "1d"})),
+            account(json!({"creditsPerCycle": -1, "cadence": "1d", "creditFactor": 1})),
             "spec.creditsPerCycle",
             NEGATIVE,
         ),
         bad(
             a,
-            account(json!({"creditsPerCycle": "-1", "cadence": "1d"})),
+            account(json!({"creditsPerCycle": "-1", "cadence": "1d", "creditFactor": 1})),
             "spec.creditsPerCycle",
             NOT_AN_AMOUNT,
         ),
         bad(
             a,
-            account(json!({"creditsPerCycle": "abc", "cadence": "1d"})),
+            account(json!({"creditsPerCycle": "abc", "cadence": "1d", "creditFactor": 1})),
             "spec.creditsPerCycle",
             NOT_AN_AMOUNT,
         ),
         bad(
             a,
-            account(json!({"creditsPerCycle": "1.0000000001", "cadence": "1d"})),
+            account(json!({"creditsPerCycle": "1.0000000001", "cadence": "1d", "creditFactor": 1})),
             "spec.creditsPerCycle",
             NOT_AN_AMOUNT,
         ),
         bad(
             a,
-            account(json!({"creditsPerCycle": "12345678901234567890", "cadence": "1d"})),
+            account(json!({"creditsPerCycle": "12345678901234567890", "cadence": "1d", "creditFactor": 1})),
             "spec.creditsPerCycle",
             NOT_AN_AMOUNT,
         ),
         bad(
             a,
-            account(json!({"creditsPerCycle": 1_000_000_000_000_000_000_u64, "cadence": "1d"})),
+            account(json!({"creditsPerCycle": 1_000_000_000_000_000_000_u64, "cadence": "1d", "creditFactor": 1})),
             "spec.creditsPerCycle",
             "must have at most 18 digits before the point",
         ),
         bad(
             a,
-            account(json!({"creditsPerCycle": 10, "cadence": "1s"})),
+            account(json!({"creditsPerCycle": 10, "cadence": "1s", "creditFactor": 1})),
             "spec.cadence",
             cadence,
         ),
         bad(
             a,
-            account(json!({"creditsPerCycle": 10, "cadence": "0d"})),
+            account(json!({"creditsPerCycle": 10, "cadence": "0d", "creditFactor": 1})),
             "spec.cadence",
             cadence,
         ),
         bad(
             a,
-            account(json!({"creditsPerCycle": 10, "cadence": "monthly"})),
+            account(json!({"creditsPerCycle": 10, "cadence": "monthly", "creditFactor": 1})),
             "spec.cadence",
             cadence,
         ),
         bad(
             a,
-            account(json!({"creditsPerCycle": 10, "cadence": "1d", "timezone": "X".repeat(65)})),
+            account(json!({"creditsPerCycle": 10, "cadence": "1d", "timezone": "X".repeat(65), "creditFactor": 1})),
             "spec.timezone",
             "may not be more than 64",
         ),
@@ -151,7 +151,7 @@ pub fn creates() -> Vec<Case> {
         ),
         bad(
             a,
-            account(json!({"creditsPerCycle": 10, "cadence": "1d", "defaultGroup": "Not A Name"})),
+            account(json!({"creditsPerCycle": 10, "cadence": "1d", "defaultGroup": "Not A Name", "creditFactor": 1})),
             "spec.defaultGroup",
             "must be a Kubernetes object name",
         ),
