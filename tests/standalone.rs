@@ -1034,7 +1034,15 @@ fn requests_a_browser_sends_for_another_site_change_nothing() {
         s.base.rsplit(':').next().unwrap().parse::<u16>().unwrap() + 1
     );
     let same_site = [("origin", other_port.as_str()), ("sec-fetch-site", "same-site")];
-    type Case<'a> = (&'a str, String, Option<&'a str>, &'a [(&'a str, &'a str)], &'a str, u16, &'a str);
+    type Case<'a> = (
+        &'a str,
+        String,
+        Option<&'a str>,
+        &'a [(&'a str, &'a str)],
+        &'a str,
+        u16,
+        &'a str,
+    );
     let cases: Vec<Case> = vec![
         // A form on another site posting to the reset.
         (
@@ -1344,4 +1352,35 @@ fn listen_takes_a_host_name() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(first.contains("listening on http://127.0.0.1:"), "{first}");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn an_idle_process_does_not_read_the_folder_again_and_again() {
+    let env = Env::new();
+    let s = env.start();
+    let ticks = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", s.child.id())).unwrap();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let before = ticks();
+    std::thread::sleep(Duration::from_secs(3));
+    let used = ticks() - before;
+    // 300 ticks would be a whole core; a process that reads the folder
+    // on its own reads (inotify access events) used about 200.
+    assert!(used < 15, "{used} ticks of CPU in 3 s idle");
+    // And a change is still seen without a poll of the folder.
+    env.write(
+        "groups.yaml",
+        &GROUPS_YAML.replace("monthlyCredits: 4000", "monthlyCredits: 4100"),
+    );
+    s.wait_for("the edit", |s| {
+        s.get(&format!("{A}/groups"))["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "ml" && g["monthlyCredits"] == "4100")
+    });
 }

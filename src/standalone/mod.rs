@@ -340,10 +340,10 @@ pub const FALLBACK_SCAN: Duration = Duration::from_secs(30);
 /// `None` when the platform's watcher cannot start (the poll then scans).
 fn watch(dir: &std::path::Path, changed: Arc<tokio::sync::Notify>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
-    let handler = move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            changed.notify_one();
-        }
+    let handler = move |event: notify::Result<notify::Event>| match event {
+        // Our own reads of the folder are access events: never a change.
+        Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => {}
+        _ => changed.notify_one(),
     };
     let started = notify::recommended_watcher(handler)
         .and_then(|mut w| w.watch(dir, notify::RecursiveMode::Recursive).map(|_| w));
