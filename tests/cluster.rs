@@ -319,7 +319,7 @@ impl Cluster {
         plane.apply_ok(
             &json!({"apiVersion": "credits.alchemi.io/v1alpha1", "kind": "CreditRequest",
                     "metadata": {"name": "probe", "namespace": namespace},
-                    "spec": {"member": "probe", "credits": 1}})
+                    "spec": {"member": "probe", "credits": 1, "reason": "probe"}})
             .to_string(),
         );
         eventually(

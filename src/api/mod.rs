@@ -19,7 +19,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{FromRequest, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -156,27 +155,15 @@ pub struct Body<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
         let timeout = serve::body_timeout();
-        let read = tokio::time::timeout(timeout, Bytes::from_request(req, state));
-        let bytes = read.await.map_err(|_| {
+        let bytes = tokio::time::timeout(timeout, read_body(req)).await.map_err(|_| {
             ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "request_timeout",
                 format!("the body did not arrive within {} ms", timeout.as_millis()),
             )
-        })?;
-        let bytes = bytes.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!("the body is larger than the {} bytes a call may send", BODY_LIMIT),
-                )
-            } else {
-                ApiError::bad_field("body", e)
-            }
-        })?;
+        })??;
         let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {
@@ -191,6 +178,36 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         de.end().map_err(|e| ApiError::bad_field("body", e))?;
         Ok(Body(value))
     }
+}
+
+/// How much of an oversized body is read (and dropped) before the 413, so
+/// the client, still sending, reads the answer instead of a reset
+/// connection; beyond it the connection is closed.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
+/// A request's body, at most `BODY_LIMIT` bytes.
+async fn read_body(req: Request) -> Result<Vec<u8>, ApiError> {
+    use futures::StreamExt;
+    let mut stream = req.into_body().into_data_stream();
+    let mut body = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_field("body", e))?;
+        seen += chunk.len();
+        if seen <= BODY_LIMIT {
+            body.extend_from_slice(&chunk);
+        } else if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if seen > BODY_LIMIT {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than the {BODY_LIMIT} bytes a call may send"),
+        ));
+    }
+    Ok(body)
 }
 
 /// A request and a denial say why (DESIGN.md): blank is no reason.

@@ -87,8 +87,8 @@ pub fn bounded(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
     crd
 }
 
-/// The API server's value validations of `value` under `schema`: pattern,
-/// minimum and maximum, maxLength and maxItems, in its words
+/// The API server's value validations of `value` under `schema`: required
+/// fields, pattern, minimum and maximum, maxLength and maxItems, in its words
 /// (`spec.x in body should match '…'`).
 pub fn check_values(schema: &Value, value: &Value) -> Vec<String> {
     let mut problems = Vec::new();
@@ -142,6 +142,17 @@ fn walk(schema: &Value, value: &Value, path: &str, problems: &mut Vec<String>) {
         }
         Value::Object(fields) => {
             let props = schema.get("properties").and_then(Value::as_object);
+            for required in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+                let Some(name) = required.as_str() else { continue };
+                if !fields.contains_key(name) {
+                    let at = if path.is_empty() {
+                        name.to_string()
+                    } else {
+                        format!("{path}.{name}")
+                    };
+                    problems.push(format!("{at}: Required value"));
+                }
+            }
             for (name, child) in fields {
                 let child_path = if path.is_empty() {
                     name.clone()

@@ -165,7 +165,56 @@ pub fn creates() -> Vec<Case> {
             "spec.extraCredits",
             NEGATIVE,
         ),
+        // Tracking is switched off by writing 0, never by an omission.
+        bad(
+            a,
+            account(json!({"creditsPerCycle": 10, "cadence": "1d"})),
+            "spec.creditFactor",
+            "Required value",
+        ),
         ok("MemberAllocation", member("u-1")),
+        bad(
+            "MemberAllocation",
+            object(
+                "MemberAllocation",
+                "ann",
+                json!({"user": {"id": "u-ann", "name": "Ann"}}),
+            ),
+            "spec.user.email",
+            "Required value",
+        ),
+        bad(
+            "MemberAllocation",
+            object(
+                "MemberAllocation",
+                "ann",
+                json!({"user": {"id": "u-ann", "email": "ann at example", "name": "Ann"}}),
+            ),
+            "spec.user.email",
+            "must be an email address",
+        ),
+        bad(
+            "MemberAllocation",
+            object(
+                "MemberAllocation",
+                "ann",
+                json!({"user": {"id": "u-ann", "email": "ann@example.com", "name": ""}}),
+            ),
+            "spec.user.name",
+            "should be at least 1 chars long",
+        ),
+        bad(
+            "CreditRequest",
+            object("CreditRequest", "more", json!({"member": "ann", "credits": 5})),
+            "spec.reason",
+            "Required value",
+        ),
+        bad(
+            "CreditRequest",
+            request(json!(5), ""),
+            "spec.reason",
+            "should be at least 1 chars long",
+        ),
         bad(
             "MemberAllocation",
             member(""),
