@@ -487,3 +487,26 @@ async fn an_edited_request_is_reported_and_keeps_what_was_submitted() {
     let r = state.account("team/acme").unwrap().requests.values().next().unwrap();
     assert_eq!(r.credits.to_string(), "300");
 }
+
+#[test]
+fn a_file_without_its_last_line_break_waits_ten_settle_delays() {
+    let mut settle = Settle::new(SETTLE);
+    let t0 = Instant::now();
+    let file = PathBuf::from("m.yaml");
+    let contents = |text: &str| std::collections::BTreeMap::from([(file.clone(), text.to_string())]);
+    // Whole: settled one delay after it was first seen.
+    let whole = contents("a: 1\n");
+    assert!(!settle.unsettled(&whole, t0).is_empty());
+    assert!(settle.unsettled(&whole, t0 + SETTLE).is_empty());
+    // Cut mid-line and left so (the writer died): ten delays.
+    let cut = contents("a: 1\nb: 10");
+    let t1 = t0 + SETTLE * 2;
+    assert!(!settle.unsettled(&cut, t1).is_empty());
+    assert!(!settle.unsettled(&cut, t1 + SETTLE * 9).is_empty());
+    assert!(settle.unsettled(&cut, t1 + SETTLE * 10).is_empty());
+    // Gone: settled one delay later.
+    let none = std::collections::BTreeMap::new();
+    let t2 = t1 + SETTLE * 11;
+    assert_eq!(settle.unsettled(&none, t2), BTreeSet::from([file.clone()]));
+    assert!(settle.unsettled(&none, t2 + SETTLE).is_empty());
+}

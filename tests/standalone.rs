@@ -101,7 +101,10 @@ impl Env {
             .arg(self.dir.path().join("clock"))
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(match std::env::var("TEST_STDERR") {
+                Ok(f) => Stdio::from(std::fs::File::create(f).unwrap()),
+                Err(_) => Stdio::null(),
+            })
             .spawn()
             .expect("start credit-operator");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();

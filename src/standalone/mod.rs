@@ -255,6 +255,9 @@ pub async fn run(options: Options) -> Result<(), StartError> {
         }),
         enrolment: Mutex::new(()),
     });
+    // Watch before the first read, so no change after it goes unseen.
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let watcher = watch(&options.manifests, changed.clone());
     // At start-up every file is new: read the folder until it holds still
     // (a file being written keeps its last good state, none yet).
     let mut tries = 0;
@@ -285,8 +288,6 @@ pub async fn run(options: Options) -> Result<(), StartError> {
 
     let poller = {
         let (folder, ledger, every, settle) = (folder.clone(), ledger.clone(), options.poll_interval, options.settle);
-        let changed = Arc::new(tokio::sync::Notify::new());
-        let watcher = watch(&options.manifests, changed.clone());
         // With a watcher the folder is read when it changes (and, in case an
         // event is lost, every FALLBACK_SCAN); without one, every poll.
         let fallback = if watcher.is_some() {

@@ -496,6 +496,9 @@ impl Round<'_> {
     }
 }
 
+/// How many settle delays a file that does not end with a line break waits.
+pub const UNTERMINATED_FACTOR: u32 = 10;
+
 /// Decides when a changed file may be read as intent: only once its
 /// content (or its absence) has been the same across reads at least
 /// `delay` apart, so a file an editor is still writing in place never
@@ -522,9 +525,17 @@ impl Settle {
     pub fn unsettled(&mut self, contents: &BTreeMap<PathBuf, String>, now: std::time::Instant) -> BTreeSet<PathBuf> {
         let mut unsettled = BTreeSet::new();
         for (file, text) in contents {
+            // A text file ends with a line break; one that does not is
+            // most likely still being written, and waits ten times longer
+            // (a tool that never writes the last break is still served).
+            let delay = if text.is_empty() || text.ends_with('\n') {
+                self.delay
+            } else {
+                self.delay * UNTERMINATED_FACTOR
+            };
             match self.seen.get(file) {
                 Some((Some(seen), since)) if seen == text => {
-                    if now.saturating_duration_since(*since) < self.delay {
+                    if now.saturating_duration_since(*since) < delay {
                         unsettled.insert(file.clone());
                     }
                 }
