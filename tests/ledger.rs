@@ -357,6 +357,38 @@ on_both_backends! {
         assert_eq!((c.remaining, c.limited_by), (Some(amt("30")), Some(Scope::Member)));
     }
 
+    fn a_replay_answers_its_first_answer_after_settings_and_state_moved_on(db: &Db) {
+        let f = Fixture::new(db);
+        f.account_with("900000000000000000", "CalendarMonth", "UTC", "1", "0");
+        f.group("default", "1000", "0", "0");
+        f.member("alice", None, Some("100"), "0");
+
+        let open = || f.run(Command::OpenHold {
+            account: ACCOUNT.into(), member: "u-alice".into(), charge: Charge::Credits(amt("0.5")), ttl_seconds: 60, key: "h".into(),
+        });
+        let Outcome::Hold(opened) = open().unwrap() else { panic!() };
+        f.ok(Command::SettleHold { account: ACCOUNT.into(), id: opened.id.clone(), charge: Charge::Credits(amt("0.25")) });
+        let Outcome::Hold(replayed) = open().unwrap() else { panic!() };
+        assert_eq!(
+            (replayed.id, replayed.state, replayed.settled_credits, replayed.credits, replayed.duplicate),
+            (opened.id, HoldState::Open, None, amt("0.5"), true),
+            "a replayed open answers the hold as it was opened"
+        );
+
+        let cost = |key: &str| f.run(Command::RecordUsage {
+            account: ACCOUNT.into(), member: "u-alice".into(), charge: Charge::CostUsd(amt("900000000000")), key: key.into(), occurred_at: None,
+        });
+        let Outcome::Usage(first) = cost("big").unwrap() else { panic!() };
+        assert_eq!(first.credits, amt("900000000000"));
+        // At factor 10,000,000 the same dollars would be beyond range: the
+        // retry still gets the stored answer, not a 400.
+        f.account_with("900000000000000000", "CalendarMonth", "UTC", "10000000", "0");
+        assert!(matches!(cost("fresh").unwrap_err(), LedgerError::InvalidField { .. }));
+        let Outcome::Usage(again) = cost("big").unwrap() else { panic!() };
+        assert!(again.duplicate);
+        assert_eq!((again.credits, again.member_used), (first.credits, first.member_used));
+    }
+
     fn holds_cut_headroom_settle_with_the_actual_cost_and_expire(db: &Db) {
         let f = Fixture::new(db);
         f.account("1000", "CalendarMonth");

@@ -150,6 +150,15 @@ pub struct Hold {
 }
 
 impl Hold {
+    /// The answer the hold was opened with, for a replay of its key.
+    pub fn opened_view(&self) -> HoldView {
+        HoldView {
+            state: HoldState::Open,
+            settled_credits: None,
+            ..self.view(true)
+        }
+    }
+
     pub fn view(&self, duplicate: bool) -> HoldView {
         HoldView {
             id: self.id.clone(),
@@ -984,8 +993,10 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
         } => {
             check_key(&key)?;
             check_name("member", &member)?;
+            charge.validate()?;
             let acct = em.state.active_account(&account)?;
-            let credits = credits_for(acct, charge)?;
+            // A replay answers the first answer, whatever changed since (a
+            // creditFactor change must not turn a retry into a 400).
             if let Some(record) = acct.keys.get(&key) {
                 return match (&record.answer, record.fingerprint == fingerprint_usage(&member, charge)) {
                     (KeyAnswer::Usage(receipt), true) => Ok(Outcome::Usage(UsageReceipt {
@@ -995,6 +1006,7 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
                     _ => Err(LedgerError::IdempotencyConflict(key)),
                 };
             }
+            let credits = credits_for(acct, charge)?;
             if !acct.members.contains_key(&member) {
                 return Err(LedgerError::UnknownMember(member));
             }
@@ -1133,17 +1145,22 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
                 };
                 return Err(LedgerError::field(field, "a hold must reserve more than 0"));
             }
+            charge.validate()?;
             let acct = em.state.active_account(&account)?;
-            let credits = credits_for(acct, charge)?;
+            // A replay answers the hold as it was opened (not as it stands
+            // now), for the same member compared by value.
             if let Some(record) = acct.keys.get(&key) {
                 return match (
                     &record.answer,
                     record.fingerprint == fingerprint_hold(&member, charge, ttl_seconds),
                 ) {
-                    (KeyAnswer::Hold(id), true) => Ok(Outcome::Hold(acct.holds[id].view(true))),
+                    (KeyAnswer::Hold(id), true) if acct.holds[id].member == member => {
+                        Ok(Outcome::Hold(acct.holds[id].opened_view()))
+                    }
                     _ => Err(LedgerError::IdempotencyConflict(key)),
                 };
             }
+            let credits = credits_for(acct, charge)?;
             if !acct.members.contains_key(&member) {
                 return Err(LedgerError::UnknownMember(member));
             }
