@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::crd::convert;
 use crate::crd::{check_cel_rules, CreditAccount, CreditGroup, CreditRequest, MemberAllocation, GROUP, VERSION};
@@ -35,7 +35,7 @@ impl Object {
         }
     }
 
-    fn meta(&self) -> &kube::core::ObjectMeta {
+    pub fn meta(&self) -> &kube::core::ObjectMeta {
         match self {
             Object::Account(o) => &o.metadata,
             Object::Group(o) => &o.metadata,
@@ -46,6 +46,41 @@ impl Object {
 
     pub fn name(&self) -> &str {
         self.meta().name.as_deref().unwrap_or_default()
+    }
+
+    /// The same object with `spec.<key>` set to each string value, or the
+    /// field and why it cannot hold the value.
+    pub fn with_spec_changes<'a>(
+        &self,
+        changes: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Object, (String, String)> {
+        fn change<T: Serialize + DeserializeOwned>(o: &T, changes: Vec<(&str, &str)>) -> Result<T, (String, String)> {
+            let internal = |e: serde_json::Error| ("spec".to_string(), e.to_string());
+            let mut value = serde_json::to_value(o).map_err(internal)?;
+            let mut last = "spec".to_string();
+            for (key, v) in changes {
+                last = format!("spec.{key}");
+                value["spec"][key] = serde_json::Value::String(v.to_string());
+            }
+            serde_json::from_value(value).map_err(|e| (last, e.to_string()))
+        }
+        let changes: Vec<(&str, &str)> = changes.into_iter().collect();
+        Ok(match self {
+            Object::Account(o) => Object::Account(change(o, changes)?),
+            Object::Group(o) => Object::Group(change(o, changes)?),
+            Object::Member(o) => Object::Member(change(o, changes)?),
+            Object::Request(o) => Object::Request(change(o, changes)?),
+        })
+    }
+
+    /// The checks the ledger makes of the spec (each error names its field).
+    pub fn check_spec(&self) -> Result<(), crate::ledger::LedgerError> {
+        match self {
+            Object::Account(o) => convert::account_settings(&o.spec).map(|_| ()),
+            Object::Group(o) => convert::group_settings(&o.spec).map(|_| ()),
+            Object::Member(o) => convert::member_spec(self.name(), &o.spec).map(|_| ()),
+            Object::Request(_) => Ok(()),
+        }
     }
 
     /// The namespace, `default` when the file gives none.
@@ -423,9 +458,10 @@ fn typed<T: DeserializeOwned>(value: serde_yaml::Value) -> Result<T, (String, St
     })
 }
 
-/// The checks one object can make on its own: its CRD's CEL rules, then
-/// what the ledger would refuse (unknown time zone, bad annotation).
-fn check_object(object: &Object) -> Result<(), (String, String)> {
+/// The checks one object can make on its own (the ones `validate` makes):
+/// its CRD's CEL rules, then what the ledger would refuse (unknown time
+/// zone, bad annotation); the field and the problem.
+pub fn check_object(object: &Object) -> Result<(), (String, String)> {
     let json = match object {
         Object::Account(o) => serde_json::to_value(o),
         Object::Group(o) => serde_json::to_value(o),

@@ -584,6 +584,10 @@ fn try_call(
     let agent = http();
     let answer = match (method, body) {
         ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
+        ("PATCH", b) => agent
+            .patch(&url)
+            .header("Authorization", &auth)
+            .send_json(b.unwrap_or(json!({}))),
         (_, Some(b)) => agent.post(&url).header("Authorization", &auth).send_json(b),
         (_, None) => agent.post(&url).header("Authorization", &auth).send_empty(),
     };
@@ -1220,6 +1224,144 @@ fn the_in_cluster_api_authenticates_by_tokenreview_and_authorises_by_rbac() {
         }
     }
     assert_eq!(token_reviews(&cluster.plane) - reviews, 0, "refused without asking");
+    operator.assert_no_forbidden();
+}
+
+#[test]
+fn edits_through_the_api_patch_the_resource_when_the_callers_rbac_allows() {
+    let cluster = Cluster::with_examples(control_plane!());
+    let operator = cluster.operator(&OperatorRun::sqlite(&cluster));
+    cluster.wait_for_status("creditgroups", "research", |s| s["budget"] == "45000");
+    let viewer = cluster.api_client("dashboard", &["credit-viewer"]);
+    let editor = cluster.api_client("platform", &["credit-viewer", "credit-editor"]);
+    let spec = |plural: &str, name: &str| cluster.plane.object(plural, NS, name).unwrap()["spec"].clone();
+
+    // RBAC decides: a viewer is told which permission it lacks.
+    let (code, refused) = call(
+        &operator,
+        "PATCH",
+        &account_path("/groups/research"),
+        &viewer,
+        Some(json!({"monthlyCredits": "41000"})),
+    );
+    assert_eq!(code, 403, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("may not patch creditgroups in namespace"),
+        "{refused}"
+    );
+    assert_eq!(spec("creditgroups", "research")["monthlyCredits"], json!(40000));
+
+    // An editor's change lands on the resource and in the figures at once.
+    let (code, group) = call(
+        &operator,
+        "PATCH",
+        &account_path("/groups/research"),
+        &editor,
+        Some(json!({"monthlyCredits": "41000"})),
+    );
+    assert_eq!((code, group["budget"].as_str()), (200, Some("46000")), "{group}");
+    assert_eq!(spec("creditgroups", "research")["monthlyCredits"], "41000");
+    let object: Value = serde_json::from_str(&cluster.plane.kubectl_ok(&[
+        "get",
+        "creditgroup",
+        "research",
+        "-n",
+        NS,
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]))
+    .unwrap();
+    let managers: Vec<&str> = object["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert!(managers.contains(&"credit-operator-api"), "{managers:?}");
+    cluster.wait_for_status("creditgroups", "research", |s| s["budget"] == "46000");
+
+    let (code, member) = call(
+        &operator,
+        "PATCH",
+        &account_path("/members/u-1001"),
+        &editor,
+        Some(json!({"extraCredits": "2500.5"})),
+    );
+    assert_eq!(
+        (code, member["extraCredits"].as_str()),
+        (200, Some("2500.5")),
+        "{member}"
+    );
+    assert_eq!(spec("memberallocations", "ada")["extraCredits"], "2500.5");
+
+    // Bad values are refused with the field, before the API server sees them.
+    for (body, field) in [
+        (json!({"monthlyCredits": "-1"}), "monthlyCredits"),
+        (json!({"monthlyCredits": "1.0000000001"}), "monthlyCredits"),
+        (json!({"group": "nope"}), "group"),
+    ] {
+        let (code, e) = call(
+            &operator,
+            "PATCH",
+            &account_path("/members/u-1001"),
+            &editor,
+            Some(body.clone()),
+        );
+        assert_eq!((code, e["field"].as_str()), (400, Some(field)), "{body}: {e}");
+    }
+    let (code, e) = call(
+        &operator,
+        "PATCH",
+        &account_path("/settings"),
+        &editor,
+        Some(json!({"timezone": "Mars/Base"})),
+    );
+    assert_eq!((code, e["field"].as_str()), (400, Some("timezone")), "{e}");
+    assert_eq!(spec("memberallocations", "ada")["monthlyCredits"], json!(12000));
+
+    // An object Flux manages is changed in git, unless forced.
+    cluster.plane.kubectl_ok(&[
+        "label",
+        "creditgroup",
+        "data",
+        "-n",
+        NS,
+        "kustomize.toolkit.fluxcd.io/name=budgets",
+    ]);
+    let (code, e) = call(
+        &operator,
+        "PATCH",
+        &account_path("/groups/data"),
+        &editor,
+        Some(json!({"monthlyCredits": "16000"})),
+    );
+    assert_eq!((code, e["error"].as_str()), (409, Some("managed_by_gitops")), "{e}");
+    assert!(e["message"].as_str().unwrap_or_default().contains("Flux"), "{e}");
+    assert_eq!(spec("creditgroups", "data")["monthlyCredits"], json!(15000));
+    let (code, g) = call(
+        &operator,
+        "PATCH",
+        &account_path("/groups/data"),
+        &editor,
+        Some(json!({"monthlyCredits": "16000", "force": true})),
+    );
+    assert_eq!((code, g["monthlyCredits"].as_str()), (200, Some("16000")), "{g}");
+
+    // A cadence change starts the next cycle, in the ledger and the status.
+    let (code, o) = call(
+        &operator,
+        "PATCH",
+        &account_path("/settings"),
+        &editor,
+        Some(json!({"cadence": "1w"})),
+    );
+    assert_eq!((code, o["cycle"]["number"].as_u64()), (200, Some(2)), "{o}");
+    assert_eq!(spec("creditaccounts", "acme")["cadence"], "1w");
+    cluster.wait_for_status("creditaccounts", "acme", |s| s["cycle"]["number"] == 2);
     operator.assert_no_forbidden();
 }
 

@@ -156,6 +156,13 @@ impl Server {
                 }
                 r.call()
             }
+            ("PATCH", body) => {
+                let mut r = self.agent.patch(&url);
+                if let Some(a) = &auth {
+                    r = r.header("authorization", a);
+                }
+                r.send_json(body.unwrap_or(json!({})))
+            }
             (_, body) => {
                 let mut r = self.agent.post(&url);
                 if let Some(a) = &auth {
@@ -1010,7 +1017,14 @@ fn browser(
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
-    let mut response = s.agent.run(request.body(body.to_string()).unwrap()).unwrap();
+    // A connection of its own: the server may close one after an answer
+    // that left the body unread, and a pooled reuse would race that close.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_idle_connections(0)
+        .build()
+        .into();
+    let mut response = agent.run(request.body(body.to_string()).unwrap()).unwrap();
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let text = response.body_mut().read_to_string().unwrap_or_default();
@@ -1376,4 +1390,449 @@ fn an_idle_process_does_not_read_the_folder_again_and_again() {
             .iter()
             .any(|g| g["name"] == "ml" && g["monthlyCredits"] == "4100")
     });
+}
+
+/// Lines that differ between two versions of a file (same line count).
+fn changed_lines(before: &str, after: &str) -> Vec<(String, String)> {
+    assert_eq!(before.lines().count(), after.lines().count(), "{after}");
+    before
+        .lines()
+        .zip(after.lines())
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+const COMMENTED_GROUPS_YAML: &str = "# Budgets of the team account.\napiVersion: credits.alchemi.io/v1alpha1\nkind: CreditGroup\nmetadata:\n  name: default\n  namespace: team\nspec:\n  monthlyCredits: 1000 # everyone else\n---\n# The ML team.\napiVersion: credits.alchemi.io/v1alpha1\nkind: CreditGroup\nmetadata:\n  name: ml\n  namespace: team\nspec:\n  monthlyCredits: \"4000\"   # agreed in the budget review\n  extraCredits: 500\n  autoApproveReserve: 300\n";
+
+#[test]
+fn edits_through_the_api_change_one_value_in_its_file_and_the_figures_follow() {
+    let env = Env::new();
+    env.write("groups.yaml", COMMENTED_GROUPS_YAML);
+    let server = env.start();
+    let members_file = env.manifests().join("people/members.yaml");
+    let groups_file = env.manifests().join("groups.yaml");
+    let ml = |s: &Server| {
+        s.get(&format!("{A}/groups"))["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == "ml")
+            .cloned()
+            .unwrap()
+    };
+    let before = ml(&server);
+    assert_eq!(
+        (before["distributed"].as_str(), before["available"].as_str()),
+        (Some("3100"), Some("1400"))
+    );
+
+    // A member in a flow-style file: the one value changes, in its line.
+    let text = std::fs::read_to_string(&members_file).unwrap();
+    let (status, m) = server.call(
+        "PATCH",
+        &format!("{A}/members/u-alice"),
+        Some(json!({"monthlyCredits": "2500.25"})),
+    );
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(
+        (m["monthlyCredits"].as_str(), m["remaining"].as_str()),
+        (Some("2500.25"), Some("2600.25"))
+    );
+    let after = std::fs::read_to_string(&members_file).unwrap();
+    let changed = changed_lines(&text, &after);
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(
+        changed[0].1,
+        changed[0]
+            .0
+            .replace("monthlyCredits: 2000", "monthlyCredits: \"2500.25\""),
+        "{changed:?}"
+    );
+    let now = ml(&server);
+    assert_eq!(
+        (now["distributed"].as_str(), now["available"].as_str()),
+        (Some("3600.25"), Some("899.75"))
+    );
+
+    // A group in a commented block file: quotes and comments stay.
+    let text = std::fs::read_to_string(&groups_file).unwrap();
+    let (status, g) = server.call(
+        "PATCH",
+        &format!("{A}/groups/ml"),
+        Some(json!({"monthlyCredits": 4200, "autoApproveReserve": "250"})),
+    );
+    assert_eq!(status, 200, "{g}");
+    assert_eq!(
+        (
+            g["budget"].as_str(),
+            g["available"].as_str(),
+            g["autoApproveReserve"].as_str()
+        ),
+        (Some("4700"), Some("1099.75"), Some("250"))
+    );
+    assert_eq!(
+        changed_lines(&text, &std::fs::read_to_string(&groups_file).unwrap()),
+        vec![
+            (
+                "  monthlyCredits: \"4000\"   # agreed in the budget review".into(),
+                "  monthlyCredits: \"4200\"   # agreed in the budget review".into()
+            ),
+            ("  autoApproveReserve: 300".into(), "  autoApproveReserve: 250".into()),
+        ]
+    );
+
+    // Moving a member to another group moves its figures with it.
+    let (status, m) = server.call(
+        "PATCH",
+        &format!("{A}/members/u-bob"),
+        Some(json!({"group": "default"})),
+    );
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(m["group"], "default");
+    let default = server.get(&format!("{A}/groups/default/members"));
+    assert_eq!(default["items"][0]["user"]["id"], "u-bob");
+    assert_eq!(ml(&server)["distributed"], "2600.25");
+
+    // The account: a new limit at once, the same cycle.
+    let cycle = server.get(&format!("{A}/overview"))["cycle"]["number"]
+        .as_u64()
+        .unwrap();
+    let (status, o) = server.call(
+        "PATCH",
+        &format!("{A}/settings"),
+        Some(json!({"creditsPerCycle": "12000", "signupCredits": "75"})),
+    );
+    assert_eq!(status, 200, "{o}");
+    assert_eq!(
+        (
+            o["creditsPerCycle"].as_str(),
+            o["balance"].as_str(),
+            o["settings"]["signupCredits"].as_str()
+        ),
+        (Some("12000"), Some("12000"), Some("75"))
+    );
+    assert_eq!(o["cycle"]["number"].as_u64(), Some(cycle));
+    // A restart reads the files as edited.
+    server.stop();
+    let server = env.start();
+    assert_eq!(server.get(&format!("{A}/overview"))["creditsPerCycle"], "12000");
+    assert_eq!(ml(&server)["monthlyCredits"], "4200");
+}
+
+#[test]
+fn a_cadence_change_through_the_api_starts_the_next_cycle() {
+    let env = Env::new();
+    let server = env.start();
+    usage(&server, "u-alice", json!({"credits": "40", "idempotencyKey": "k1"}));
+    let before = server.get(&format!("{A}/overview"));
+    let n = before["cycle"]["number"].as_u64().unwrap();
+    let (status, o) = server.call("PATCH", &format!("{A}/settings"), Some(json!({"cadence": "1w"})));
+    assert_eq!(status, 200, "{o}");
+    assert_eq!(o["cycle"]["number"].as_u64(), Some(n + 1));
+    assert_eq!(
+        (o["used"].as_str(), o["settings"]["cadence"].as_str()),
+        (Some("0"), Some("1w"))
+    );
+    assert_eq!(o["cycle"]["start"], "2026-11-26T10:00:00Z");
+    assert_eq!(o["cycle"]["end"], "2026-12-03T10:00:00Z");
+    let text = std::fs::read_to_string(env.manifests().join("account.yaml")).unwrap();
+    assert!(text.contains("cadence: 1w,"), "{text}");
+    // The closed cycle keeps its usage.
+    assert_eq!(server.get(&format!("{A}/overview?cycle={n}"))["used"], "40");
+}
+
+#[test]
+fn bad_edits_are_refused_with_the_field_and_change_nothing() {
+    let env = Env::new();
+    // No file declares the default group: the operator makes it.
+    env.write("groups.yaml", "apiVersion: credits.alchemi.io/v1alpha1\nkind: CreditGroup\nmetadata: {name: ml, namespace: team}\nspec: {monthlyCredits: 4000, extraCredits: 500, autoApproveReserve: 300}\n");
+    let server = env.start();
+    let files = || {
+        ["account.yaml", "groups.yaml", "people/members.yaml"]
+            .map(|f| std::fs::read_to_string(env.manifests().join(f)).unwrap())
+    };
+    let (files_before, figures_before) = (files(), server.figures());
+    let m = format!("{A}/members/u-alice");
+    let cases: Vec<(String, Value, u16, &str, Option<&str>)> = vec![
+        (
+            m.clone(),
+            json!({"monthlyCredits": "-5"}),
+            400,
+            "invalid_field",
+            Some("monthlyCredits"),
+        ),
+        (
+            m.clone(),
+            json!({"monthlyCredits": "1.0000000001"}),
+            400,
+            "invalid_field",
+            Some("monthlyCredits"),
+        ),
+        (
+            m.clone(),
+            json!({"extraCredits": "lots"}),
+            400,
+            "invalid_field",
+            Some("extraCredits"),
+        ),
+        (
+            m.clone(),
+            json!({"monthlyCredits": "1e30"}),
+            400,
+            "invalid_field",
+            Some("monthlyCredits"),
+        ),
+        (
+            m.clone(),
+            json!({"monthlyCredits": "9999999999999999999"}),
+            400,
+            "invalid_field",
+            Some("monthlyCredits"),
+        ),
+        (m.clone(), json!({"group": "nope"}), 400, "invalid_field", Some("group")),
+        (
+            m.clone(),
+            json!({"colour": "red"}),
+            400,
+            "invalid_field",
+            Some("colour"),
+        ),
+        (m.clone(), json!({}), 400, "invalid_field", Some("body")),
+        (
+            format!("{A}/members/u-nobody"),
+            json!({"monthlyCredits": "1"}),
+            404,
+            "not_found",
+            None,
+        ),
+        (
+            format!("{A}/groups/nope"),
+            json!({"monthlyCredits": "1"}),
+            404,
+            "not_found",
+            None,
+        ),
+        (
+            format!("{A}/groups/default"),
+            json!({"monthlyCredits": "1"}),
+            409,
+            "not_in_a_file",
+            None,
+        ),
+        (
+            format!("{A}/settings"),
+            json!({"cadence": "fortnight"}),
+            400,
+            "invalid_field",
+            Some("cadence"),
+        ),
+        (
+            format!("{A}/settings"),
+            json!({"timezone": "Mars/Base"}),
+            400,
+            "invalid_field",
+            Some("timezone"),
+        ),
+        (
+            format!("{A}/settings"),
+            json!({"creditFactor": "-1"}),
+            400,
+            "invalid_field",
+            Some("creditFactor"),
+        ),
+        (
+            "/v1/namespaces/team/accounts/other/settings".into(),
+            json!({"creditsPerCycle": "1"}),
+            404,
+            "not_found",
+            None,
+        ),
+    ];
+    for (path, body, status, code, field) in cases {
+        let (got, answer) = server.call("PATCH", &path, Some(body.clone()));
+        assert_eq!(got, status, "PATCH {path} {body}: {answer}");
+        assert_eq!(answer["error"], code, "PATCH {path} {body}: {answer}");
+        if let Some(field) = field {
+            assert_eq!(answer["field"], field, "PATCH {path} {body}: {answer}");
+            assert!(
+                answer["message"].as_str().unwrap().starts_with(&format!("{field}: ")),
+                "{answer}"
+            );
+        }
+    }
+    assert_eq!(files(), files_before);
+    assert_eq!(server.figures(), figures_before);
+}
+
+#[test]
+fn an_object_a_gitops_tool_manages_is_edited_in_git_unless_forced() {
+    let env = Env::new();
+    env.write(
+        "people/carol.yaml",
+        "apiVersion: credits.alchemi.io/v1alpha1\nkind: MemberAllocation\nmetadata:\n  name: carol\n  namespace: team\n  labels:\n    kustomize.toolkit.fluxcd.io/name: budgets\nspec:\n  group: ml\n  user: {id: u-carol, email: carol@example.com, name: Carol}\n  monthlyCredits: 300\n",
+    );
+    env.write(
+        "groups.yaml",
+        &GROUPS_YAML.replace("metadata: {name: ml, namespace: team}", "metadata: {name: ml, namespace: team, annotations: {argocd.argoproj.io/tracking-id: 'budgets:credits.alchemi.io/CreditGroup:team/ml'}}"),
+    );
+    let server = env.start();
+    let before = std::fs::read_to_string(env.manifests().join("people/carol.yaml")).unwrap();
+    let (status, e) = server.call(
+        "PATCH",
+        &format!("{A}/members/u-carol"),
+        Some(json!({"monthlyCredits": "400"})),
+    );
+    assert_eq!(status, 409, "{e}");
+    assert_eq!(e["error"], "managed_by_gitops");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("managed by Flux: change it in git"),
+        "{e}"
+    );
+    let (status, e) = server.call("PATCH", &format!("{A}/groups/ml"), Some(json!({"monthlyCredits": "1"})));
+    assert_eq!((status, e["error"].as_str()), (409, Some("managed_by_gitops")), "{e}");
+    assert!(e["message"].as_str().unwrap().contains("Argo CD"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(env.manifests().join("people/carol.yaml")).unwrap(),
+        before
+    );
+    let (status, m) = server.call(
+        "PATCH",
+        &format!("{A}/members/u-carol"),
+        Some(json!({"monthlyCredits": "400", "force": true})),
+    );
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(m["monthlyCredits"], "400");
+    assert_eq!(
+        changed_lines(
+            &before,
+            &std::fs::read_to_string(env.manifests().join("people/carol.yaml")).unwrap()
+        ),
+        vec![("  monthlyCredits: 300".into(), "  monthlyCredits: 400".into())]
+    );
+}
+
+/// Reads `changed` events from `…/events` for `window`, posting usage
+/// meanwhile; answers the data of each event.
+fn follow_events(server: &Server, window: Duration, during: impl FnOnce()) -> Vec<u64> {
+    use std::io::{Read, Write};
+    let address = server.base.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        stream,
+        "GET {A}/events HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let reader = std::thread::spawn(move || {
+        let deadline = Instant::now() + window;
+        let mut text = Vec::new();
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => text.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+        String::from_utf8_lossy(&text).to_string()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    during();
+    let text = reader.join().unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_lowercase().contains("content-type: text/event-stream"),
+        "{text}"
+    );
+    text.split("event: changed\ndata: ")
+        .skip(1)
+        .map(|rest| rest.lines().next().unwrap().trim().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn events_announce_changes_at_most_four_a_second() {
+    let env = Env::new();
+    let server = env.start();
+    let started = Instant::now();
+    let mut elapsed = Duration::ZERO;
+    let events = follow_events(&server, Duration::from_millis(2500), || {
+        for i in 0..60 {
+            usage(
+                &server,
+                "u-alice",
+                json!({"credits": "1", "idempotencyKey": format!("e{i}")}),
+            );
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        elapsed = started.elapsed();
+    });
+    // One on connecting, then changes coalesced to one per 250 ms.
+    assert!(events.len() >= 3, "{events:?}");
+    let most = 2 + (2.5f64 / 0.25) as usize;
+    assert!(
+        events.len() <= most,
+        "{} events in 2.5 s (60 usages over {elapsed:?}): {events:?}",
+        events.len()
+    );
+    assert!(events.windows(2).all(|w| w[0] < w[1]), "{events:?}");
+    // A read answers the figures the last event announced.
+    assert_eq!(server.get(&format!("{A}/groups/ml/members"))["items"][0]["used"], "60");
+    // Nothing moves: nothing is announced but the first.
+    let quiet = follow_events(&server, Duration::from_millis(800), || {});
+    assert_eq!(quiet.len(), 1, "{quiet:?}");
+    let (status, _) = server.call("GET", "/v1/namespaces/team/accounts/other/events", None);
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn the_console_is_served_to_anyone_and_its_data_needs_a_token() {
+    let env = Env::new();
+    let tokens = env.dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        "admin-token-0123456789 admin alice\ngateway-token-0123456789 gateway gw\n",
+    )
+    .unwrap();
+    let mut server = env.start_with(&["--token-file", tokens.to_str().unwrap()]);
+    let page = server.agent.get(format!("{}/", server.base)).call().unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let headers = page.headers().clone();
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("connect-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    let html = page.into_body().read_to_string().unwrap();
+    assert!(
+        html.contains("<script type=\"module\" src=\"/console/app.js\">"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "nothing from another host"
+    );
+    for file in ["/console/app.js", "/console/app.css", "/console/icon.svg"] {
+        let (status, _) = server.call("GET", file, None);
+        assert_eq!(status, 200, "{file}");
+    }
+    let (status, _) = server.call("GET", "/v1/whoami", None);
+    assert_eq!(status, 401);
+    let (status, _) = server.call("GET", "/v1/accounts", None);
+    assert_eq!(status, 401);
+    server.token = Some("gateway-token-0123456789".into());
+    assert_eq!(server.get("/v1/whoami"), json!({"name": "gw", "role": "gateway"}));
+    assert_eq!(
+        server.get("/v1/accounts"),
+        json!({"items": [{"namespace": "team", "name": "acme"}]})
+    );
+    let (status, e) = server.call("PATCH", &format!("{A}/settings"), Some(json!({"creditsPerCycle": "1"})));
+    assert_eq!((status, e["error"].as_str()), (403, Some("forbidden")));
+    server.token = Some("admin-token-0123456789".into());
+    assert_eq!(server.get("/v1/whoami"), json!({"name": "alice", "role": "admin"}));
 }

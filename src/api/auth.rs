@@ -96,6 +96,7 @@ fn gateway_may(method: &Method, path: &str) -> bool {
 /// Service and NetworkPolicy decide).
 fn is_public(path: &str, auth: &Auth) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/openapi.json")
+        || super::console::is_console(path)
         || (path == "/metrics" && matches!(auth, Auth::Kubernetes(_)))
 }
 

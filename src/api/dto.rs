@@ -182,6 +182,100 @@ pub struct OverviewOut {
     pub unallocated: Amount,
     pub tracking_enabled: bool,
     pub groups: Vec<GroupShare>,
+    /// Requests waiting for an admin.
+    pub pending_requests: u64,
+    /// The ledger's time of this answer (time to the next reset is
+    /// `cycle.end − asOf`, whatever the caller's clock says).
+    pub as_of: String,
+    pub settings: SettingsOut,
+}
+
+/// The account's settings, as its spec states them.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingsOut {
+    #[schema(value_type = String)]
+    pub credits_per_cycle: Amount,
+    /// `CalendarMonth` or a duration such as `15d`, `1w`, `12h`.
+    pub cadence: String,
+    pub timezone: String,
+    #[schema(value_type = String)]
+    pub credit_factor: Amount,
+    #[schema(value_type = String)]
+    pub signup_credits: Amount,
+    pub default_group: String,
+}
+
+/// Body of `PATCH …/members/{userId}`: the values to change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MemberPatchIn {
+    #[serde(default)]
+    pub monthly_credits: Option<AmountIn>,
+    #[serde(default)]
+    pub extra_credits: Option<AmountIn>,
+    /// Move the member to this group.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Edit an object a GitOps tool manages anyway.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Body of `PATCH …/groups/{group}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GroupPatchIn {
+    #[serde(default)]
+    pub monthly_credits: Option<AmountIn>,
+    #[serde(default)]
+    pub extra_credits: Option<AmountIn>,
+    #[serde(default)]
+    pub auto_approve_reserve: Option<AmountIn>,
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Body of `PATCH …/settings`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SettingsPatchIn {
+    #[serde(default)]
+    pub credits_per_cycle: Option<AmountIn>,
+    /// `CalendarMonth` or a duration such as `15d`, `1w`, `1d`, `12h`, `1h`;
+    /// a change starts a fresh cycle.
+    #[serde(default)]
+    pub cadence: Option<String>,
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub credit_factor: Option<AmountIn>,
+    #[serde(default)]
+    pub signup_credits: Option<AmountIn>,
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// An account the caller can read.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Answer of `GET /v1/accounts`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountsOut {
+    pub items: Vec<AccountRef>,
+}
+
+/// Answer of `GET /v1/whoami`: who the API takes the caller for.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WhoamiOut {
+    pub name: String,
+    /// `admin` or `gateway` (in a cluster `admin`: RBAC decides each call).
+    pub role: String,
 }
 
 /// A group's figures.

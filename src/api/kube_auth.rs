@@ -116,6 +116,10 @@ pub fn attributes(method: &Method, path: &str) -> Option<Attributes> {
         (&Method::POST, ["requests"]) => at("create", "creditrequests", "", ""),
         (&Method::POST, ["requests", name, "approve" | "deny"]) => at("patch", "creditrequests", "status", name),
         (&Method::POST, ["reset"]) => at("patch", "creditaccounts", "", account),
+        (&Method::PATCH, ["settings"]) => at("patch", "creditaccounts", "", account),
+        (&Method::PATCH, ["groups", group]) => at("patch", "creditgroups", "", group),
+        // The object's name is not the user id: patch on every member.
+        (&Method::PATCH, ["members", _]) => at("patch", "memberallocations", "", ""),
         _ => return None,
     })
 }

@@ -6,7 +6,9 @@
 //! batch is durable.
 
 pub mod auth;
+pub mod console;
 pub mod dto;
+pub mod edits;
 pub mod error;
 pub mod kube_auth;
 pub mod metrics;
@@ -23,7 +25,7 @@ use axum::extract::{FromRequest, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Extension, Json, Router};
 use jiff::Timestamp;
 use serde::de::DeserializeOwned;
@@ -57,6 +59,23 @@ pub trait Directory: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// Changes one object's spec where desired state is kept (DESIGN.md,
+    /// "Editing desired state through the API"); answers once the ledger
+    /// holds the change.
+    fn edit<'a>(
+        &'a self,
+        _account: &'a str,
+        edit: edits::SpecEdit,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ApiError>> + Send + 'a>> {
+        Box::pin(async move {
+            Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not_supported",
+                format!("{} cannot be edited through this server", edit.object()),
+            ))
+        })
+    }
+
     /// Mirrors a reset made through the API onto the account's reset
     /// annotation (the same time, so it resets nothing more).
     fn record_reset<'a>(
@@ -88,8 +107,14 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{a}/holds/{{id}}"), axum::routing::delete(release_hold))
         .route(&format!("{a}/overview"), get(overview))
         .route(&format!("{a}/groups"), get(groups))
+        .route(&format!("{a}/groups/{{group}}"), patch(patch_group))
         .route(&format!("{a}/groups/{{group}}/members"), get(members))
         .route(&format!("{a}/members"), post(enrol))
+        .route(&format!("{a}/members/{{user_id}}"), patch(patch_member))
+        .route(&format!("{a}/settings"), patch(patch_settings))
+        .route(&format!("{a}/events"), get(events))
+        .route("/v1/accounts", get(accounts))
+        .route("/v1/whoami", get(whoami))
         .route(&format!("{a}/requests"), get(list_requests).post(create_request))
         .route(&format!("{a}/requests/{{name}}/approve"), post(approve))
         .route(&format!("{a}/requests/{{name}}/deny"), post(deny))
@@ -98,6 +123,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi_doc))
+        .merge(console::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
@@ -510,8 +536,13 @@ async fn overview(
     let state = s.ledger.read();
     let acct = state.active_account(&id)?;
     let cycle = cycle_param(&Params(params), acct)?;
+    Ok(Json(overview_out(acct, cycle, s.ledger.clock().now())?))
+}
+
+fn overview_out(acct: &Account, cycle: u64, now: Timestamp) -> Result<OverviewOut, ApiError> {
     let f = numbers::account(acct, cycle).ok_or_else(|| ApiError::not_found(format!("cycle {cycle} not found")))?;
-    Ok(Json(OverviewOut {
+    let settings = &acct.settings;
+    Ok(OverviewOut {
         cycle: CycleOut {
             number: f.cycle.number,
             start: rfc3339(f.cycle.start),
@@ -529,7 +560,17 @@ async fn overview(
             .into_iter()
             .map(|(name, budget, used)| GroupShare { name, budget, used })
             .collect(),
-    }))
+        pending_requests: acct.requests.values().filter(|r| r.phase == Phase::Pending).count() as u64,
+        as_of: rfc3339(now),
+        settings: SettingsOut {
+            credits_per_cycle: settings.credits_per_cycle,
+            cadence: settings.cadence.to_string(),
+            timezone: settings.timezone.clone(),
+            credit_factor: settings.credit_factor,
+            signup_credits: settings.signup_credits,
+            default_group: settings.default_group.clone(),
+        },
+    })
 }
 
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/accounts/{account}/groups", tag = "figures",
@@ -911,6 +952,247 @@ async fn reset(
         })),
         other => Err(unexpected(other)),
     }
+}
+
+/// An amount to write into a spec: never negative (credits per cycle,
+/// allocations, reserves and factors all count up from 0).
+fn amount_change(key: &'static str, value: Option<AmountIn>) -> Result<Option<edits::Change>, ApiError> {
+    match value {
+        Some(v) if v.0.is_negative() => Err(ApiError::bad_field(key, format!("must be 0 or more, got {}", v.0))),
+        v => Ok(v.map(|v| edits::Change {
+            key,
+            value: v.0.to_string(),
+            kind: edits::ValueKind::Amount,
+        })),
+    }
+}
+
+fn word_change(key: &'static str, value: Option<String>) -> Option<edits::Change> {
+    value.map(|value| edits::Change {
+        key,
+        value,
+        kind: edits::ValueKind::Word,
+    })
+}
+
+fn require_changes(changes: &[edits::Change], fields: &str) -> Result<(), ApiError> {
+    if changes.is_empty() {
+        return Err(ApiError::bad_field("body", format!("give at least one of {fields}")));
+    }
+    Ok(())
+}
+
+#[utoipa::path(patch, path = "/v1/namespaces/{ns}/accounts/{account}/members/{userId}", tag = "members",
+    params(("ns" = String, Path, description = "The namespace of the account", example = "ml-platform"), ("account" = String, Path, description = "The CreditAccount name", example = "acme"), ("userId" = String, Path, description = "The member's user id", example = "u-1001")), request_body = MemberPatchIn,
+    responses((status = 200, body = MemberOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut),
+        (status = 403, body = ErrorOut), (status = 404, body = ErrorOut), (status = 409, body = ErrorOut)))]
+async fn patch_member(
+    State(s): State<AppState>,
+    Path((ns, account, user_id)): Path<(String, String, String)>,
+    Extension(caller): Extension<Caller>,
+    Body(b): Body<MemberPatchIn>,
+) -> Result<Json<MemberOut>, ApiError> {
+    let id = account_id(&ns, &account);
+    let changes: Vec<edits::Change> = [
+        amount_change("monthlyCredits", b.monthly_credits)?,
+        amount_change("extraCredits", b.extra_credits)?,
+        word_change("group", b.group),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let name = {
+        let state = s.ledger.read();
+        let acct = state.active_account(&id)?;
+        let member = acct
+            .members
+            .get(&user_id)
+            .filter(|m| m.active)
+            .ok_or_else(|| LedgerError::UnknownMember(user_id.clone()))?;
+        if let Some(g) = changes.iter().find(|c| c.key == "group") {
+            if !acct.groups.get(&g.value).is_some_and(|g| g.active) {
+                return Err(ApiError::bad_field(
+                    "group",
+                    format!("no group {:?} in this account", g.value),
+                ));
+            }
+        }
+        member.name().to_string()
+    };
+    require_changes(&changes, "monthlyCredits, extraCredits, group")?;
+    let edit = edits::SpecEdit {
+        kind: "MemberAllocation",
+        namespace: ns,
+        name,
+        changes,
+        force: b.force,
+        caller: caller.name,
+    };
+    s.directory.edit(&id, edit).await?;
+    let state = s.ledger.read();
+    let acct = state.active_account(&id)?;
+    let m = acct
+        .members
+        .get(&user_id)
+        .ok_or_else(|| LedgerError::UnknownMember(user_id.clone()))?;
+    Ok(Json(member_out(numbers::member(acct, m, acct.cycle.number))))
+}
+
+#[utoipa::path(patch, path = "/v1/namespaces/{ns}/accounts/{account}/groups/{group}", tag = "figures",
+    params(("ns" = String, Path, description = "The namespace of the account", example = "ml-platform"), ("account" = String, Path, description = "The CreditAccount name", example = "acme"), ("group" = String, Path, example = "research")), request_body = GroupPatchIn,
+    responses((status = 200, body = GroupOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut),
+        (status = 403, body = ErrorOut), (status = 404, body = ErrorOut), (status = 409, body = ErrorOut)))]
+async fn patch_group(
+    State(s): State<AppState>,
+    Path((ns, account, group)): Path<(String, String, String)>,
+    Extension(caller): Extension<Caller>,
+    Body(b): Body<GroupPatchIn>,
+) -> Result<Json<GroupOut>, ApiError> {
+    let id = account_id(&ns, &account);
+    {
+        let state = s.ledger.read();
+        let acct = state.active_account(&id)?;
+        if !acct.groups.get(&group).is_some_and(|g| g.active) {
+            return Err(LedgerError::UnknownGroup(group).into());
+        }
+    }
+    let changes: Vec<edits::Change> = [
+        amount_change("monthlyCredits", b.monthly_credits)?,
+        amount_change("extraCredits", b.extra_credits)?,
+        amount_change("autoApproveReserve", b.auto_approve_reserve)?,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    require_changes(&changes, "monthlyCredits, extraCredits, autoApproveReserve")?;
+    let edit = edits::SpecEdit {
+        kind: "CreditGroup",
+        namespace: ns,
+        name: group.clone(),
+        changes,
+        force: b.force,
+        caller: caller.name,
+    };
+    s.directory.edit(&id, edit).await?;
+    let state = s.ledger.read();
+    let acct = state.active_account(&id)?;
+    let g = acct
+        .groups
+        .get(&group)
+        .filter(|g| g.active)
+        .ok_or_else(|| LedgerError::UnknownGroup(group.clone()))?;
+    Ok(Json(group_out(numbers::group(acct, g))))
+}
+
+#[utoipa::path(patch, path = "/v1/namespaces/{ns}/accounts/{account}/settings", tag = "cycles",
+    params(("ns" = String, Path, description = "The namespace of the account", example = "ml-platform"), ("account" = String, Path, description = "The CreditAccount name", example = "acme")), request_body = SettingsPatchIn,
+    responses((status = 200, body = OverviewOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut),
+        (status = 403, body = ErrorOut), (status = 404, body = ErrorOut), (status = 409, body = ErrorOut)))]
+async fn patch_settings(
+    State(s): State<AppState>,
+    Path((ns, account)): Path<(String, String)>,
+    Extension(caller): Extension<Caller>,
+    Body(b): Body<SettingsPatchIn>,
+) -> Result<Json<OverviewOut>, ApiError> {
+    let id = account_id(&ns, &account);
+    s.ledger.read().active_account(&id)?;
+    let changes: Vec<edits::Change> = [
+        amount_change("creditsPerCycle", b.credits_per_cycle)?,
+        word_change("cadence", b.cadence),
+        word_change("timezone", b.timezone),
+        amount_change("creditFactor", b.credit_factor)?,
+        amount_change("signupCredits", b.signup_credits)?,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    require_changes(
+        &changes,
+        "creditsPerCycle, cadence, timezone, creditFactor, signupCredits",
+    )?;
+    let edit = edits::SpecEdit {
+        kind: "CreditAccount",
+        namespace: ns,
+        name: account.clone(),
+        changes,
+        force: b.force,
+        caller: caller.name,
+    };
+    s.directory.edit(&id, edit).await?;
+    s.ledger.catch_up(Some(&id)).await?;
+    let state = s.ledger.read();
+    let acct = state.active_account(&id)?;
+    Ok(Json(overview_out(acct, acct.cycle.number, s.ledger.clock().now())?))
+}
+
+/// The shortest time between two `changed` events of one stream.
+pub const EVENTS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/accounts/{account}/events", tag = "figures",
+    params(("ns" = String, Path, description = "The namespace of the account", example = "ml-platform"), ("account" = String, Path, description = "The CreditAccount name", example = "acme")),
+    responses((status = 200, content_type = "text/event-stream", body = String,
+        description = "Server-Sent Events: `changed` (data: the account's change count) whenever its figures move, at most 4 a second"),
+        (status = 401, body = ErrorOut), (status = 404, body = ErrorOut)))]
+async fn events(State(s): State<AppState>, Path((ns, account)): Path<(String, String)>) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let id = account_id(&ns, &account);
+    s.ledger.read().active_account(&id)?;
+    let changes = s.ledger.subscribe();
+    let first = s.ledger.account_version(&id);
+    let stream = futures::stream::unfold(
+        (changes, s.ledger.clone(), id, None::<u64>, first),
+        |(mut changes, ledger, id, sent, mut version)| async move {
+            loop {
+                if sent != Some(version) {
+                    if sent.is_some() {
+                        // Coalesce: whatever moves in the next moment rides on this event.
+                        tokio::time::sleep(EVENTS_EVERY).await;
+                        version = ledger.account_version(&id);
+                    }
+                    let event = Event::default().event("changed").data(version.to_string());
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(event),
+                        (changes, ledger, id, Some(version), version),
+                    ));
+                }
+                changes.changed().await.ok()?;
+                version = ledger.account_version(&id);
+            }
+        },
+    );
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/v1/accounts", tag = "figures",
+    responses((status = 200, body = AccountsOut), (status = 401, body = ErrorOut)))]
+async fn accounts(State(s): State<AppState>) -> Json<AccountsOut> {
+    let state = s.ledger.read();
+    let items = state
+        .accounts
+        .iter()
+        .filter(|(_, a)| a.active)
+        .filter_map(|(id, _)| id.split_once('/'))
+        .map(|(namespace, name)| AccountRef {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        })
+        .collect();
+    Json(AccountsOut { items })
+}
+
+#[utoipa::path(get, path = "/v1/whoami", tag = "operations",
+    responses((status = 200, body = WhoamiOut), (status = 401, body = ErrorOut)))]
+async fn whoami(Extension(caller): Extension<Caller>) -> Json<WhoamiOut> {
+    Json(WhoamiOut {
+        name: caller.name,
+        role: match caller.role {
+            auth::Role::Admin => "admin",
+            auth::Role::Gateway => "gateway",
+        }
+        .to_string(),
+    })
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = HealthOut)))]

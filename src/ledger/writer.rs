@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use super::error::LedgerError;
 use super::journal::{self, Journal, JournalError};
-use super::model::{Charge, Command, JournalEntry, Outcome};
+use super::model::{AccountId, Charge, Command, JournalEntry, Outcome};
 use super::numbers::{self, Authorization};
 use super::state::State;
 use crate::clock::Clock;
@@ -66,6 +66,10 @@ struct Shared {
     stats: RwLock<CommitStats>,
     fenced: RwLock<Option<i64>>,
     backend: &'static str,
+    /// Counts batches that changed something; readers wait on it.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// Per account, the count of the last batch that touched it.
+    versions: RwLock<std::collections::HashMap<AccountId, u64>>,
 }
 
 /// A handle to the ledger; clones share one writer.
@@ -122,6 +126,8 @@ impl Ledger {
             stats: RwLock::new(CommitStats::default()),
             fenced: RwLock::new(None),
             backend: journal.backend(),
+            changes: tokio::sync::watch::Sender::new(0),
+            versions: RwLock::new(Default::default()),
         });
         let (tx, rx) = mpsc::sync_channel::<Message>(QUEUE_DEPTH);
         let writer_shared = shared.clone();
@@ -230,6 +236,22 @@ impl Ledger {
     }
 
     /// The epoch that fenced this writer off, if one did.
+    /// Wakes whenever a batch changed the ledger (its value counts them).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.changes.subscribe()
+    }
+
+    /// A number that grows whenever `account`'s figures may have moved.
+    pub fn account_version(&self, account: &str) -> u64 {
+        self.shared
+            .versions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(account)
+            .copied()
+            .unwrap_or(0)
+    }
+
     pub fn fenced(&self) -> Option<i64> {
         *self.shared.fenced.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -324,6 +346,27 @@ fn run_writer(
                     let _ = job.reply.send(Err(error.clone()));
                 }
             }
+        }
+        if !entries.is_empty() {
+            // Committed or rolled back, the figures moved: tell the readers.
+            let n = *shared.changes.borrow() + 1;
+            {
+                let mut versions = shared.versions.write().unwrap_or_else(|p| p.into_inner());
+                let mut last: Option<&str> = None;
+                for e in &entries {
+                    if last == Some(e.account.as_str()) {
+                        continue;
+                    }
+                    last = Some(e.account.as_str());
+                    match versions.get_mut(&e.account) {
+                        Some(v) => *v = n,
+                        None => {
+                            versions.insert(e.account.clone(), n);
+                        }
+                    }
+                }
+            }
+            shared.changes.send_replace(n);
         }
         entries.clear();
         if snapshotter.as_ref().is_some_and(|h| h.is_finished()) {

@@ -32,6 +32,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+use crate::api::edits::{self, SpecEdit};
+use crate::api::error::ApiError;
 use crate::crd::{CreditAccount, CreditGroup, CreditRequest, Decision, MemberAllocation, GROUP, VERSION};
 use crate::ledger::{Command, Ledger, LedgerError, Phase};
 use crate::manifests::{Object, Sourced};
@@ -932,6 +934,42 @@ impl crate::api::Directory for ClusterDirectory {
         })
     }
 
+    /// Patches the resource's spec (the caller's RBAC was checked by a
+    /// SubjectAccessReview for `patch` on it), then states the change to the
+    /// ledger at once, as the next reconcile will again.
+    fn edit<'a>(
+        &'a self,
+        account: &'a str,
+        edit: SpecEdit,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send + 'a>> {
+        Box::pin(async move {
+            let changed = match edit.kind {
+                "MemberAllocation" => self.patch_spec::<MemberAllocation>(&edit, Object::Member).await?,
+                "CreditGroup" => self.patch_spec::<CreditGroup>(&edit, Object::Group).await?,
+                _ => self.patch_spec::<CreditAccount>(&edit, Object::Account).await?,
+            };
+            let invalid = |e: LedgerError| ApiError::from(e);
+            let command = match &changed {
+                Object::Member(m) => Command::ApplyMember {
+                    account: account.to_string(),
+                    member: crate::crd::convert::member_spec(changed.name(), &m.spec).map_err(invalid)?,
+                },
+                Object::Group(g) => Command::ApplyGroup {
+                    account: account.to_string(),
+                    name: changed.name().to_string(),
+                    settings: crate::crd::convert::group_settings(&g.spec).map_err(invalid)?,
+                },
+                Object::Account(a) => Command::ApplyAccount {
+                    account: account.to_string(),
+                    settings: crate::crd::convert::account_settings(&a.spec).map_err(invalid)?,
+                },
+                Object::Request(_) => return Ok(()),
+            };
+            self.ledger.execute(command).await?;
+            Ok(())
+        })
+    }
+
     /// Sets the account's reset annotation to the reset's own mark, so the
     /// cluster shows it and a later reconcile resets nothing more.
     fn record_reset<'a>(
@@ -948,6 +986,68 @@ impl crate::api::Directory for ClusterDirectory {
                 .map(|_| ())
                 .map_err(|e| kubernetes_unavailable(&format!("update CreditAccount {name}"), e))
         })
+    }
+}
+
+impl ClusterDirectory {
+    /// Reads the object, refuses it when a GitOps tool manages it (unless
+    /// forced), checks the changed spec as `validate` does and patches it,
+    /// conditional on the version read. Answers the object as changed.
+    async fn patch_spec<K>(&self, edit: &SpecEdit, wrap: fn(K) -> Object) -> Result<Object, ApiError>
+    where
+        K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        let api = Api::<K>::namespaced(self.client.clone(), &edit.namespace);
+        // Status writes move the resourceVersion too: read, check and patch
+        // again on a conflict (each try sees the object as it then is).
+        let mut tries = 0;
+        let changed = loop {
+            tries += 1;
+            let current = match api.get(&edit.name).await {
+                Ok(o) => o,
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    return Err(ApiError::not_found(format!("{} not found", edit.object())))
+                }
+                Err(e) => return Err(kubernetes_unavailable(&format!("read {}", edit.object()), e)),
+            };
+            if let Some(tool) = edits::gitops_manager(current.meta()) {
+                if !edit.force {
+                    return Err(edits::managed_elsewhere(edit, tool));
+                }
+            }
+            let version = current.meta().resource_version.clone();
+            let changed = wrap(current)
+                .with_spec_changes(edit.changes.iter().map(|c| (c.key, c.value.as_str())))
+                .map_err(|(field, message)| edits::field_error(&field, &message))?;
+            crate::manifests::check_object(&changed)
+                .map_err(|(field, message)| edits::field_error(&field, &message))?;
+            let mut patch = edit.merge_patch();
+            patch["metadata"] = json!({ "resourceVersion": version });
+            match api.patch(&edit.name, &mirror_params(), &Patch::Merge(&patch)).await {
+                Ok(_) => break changed,
+                Err(kube::Error::Api(e)) if e.code == 409 && tries < 5 => continue,
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    return Err(ApiError::new(
+                        axum::http::StatusCode::CONFLICT,
+                        "changed_meanwhile",
+                        format!("{} kept changing while it was edited: try again", edit.object()),
+                    ))
+                }
+                Err(kube::Error::Api(e)) if e.code == 422 => {
+                    return Err(ApiError::bad_field(
+                        "spec",
+                        format!("the API server refused the change: {}", e.message),
+                    ))
+                }
+                Err(e) => return Err(kubernetes_unavailable(&format!("patch {}", edit.object()), e)),
+            }
+        };
+        tracing::info!(object = %edit.object(), by = %edit.caller, "edited through the API");
+        Ok(changed)
     }
 }
 

@@ -3,6 +3,7 @@
 //! while running), the ledger is an SQLite file by default, and the HTTP
 //! API serves gateways and admins.
 
+pub mod edit;
 pub mod reconcile;
 
 use std::future::Future;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
+use crate::api::edits::{self, SpecEdit};
 use crate::api::{self, error::ApiError, AppState, Directory, Metrics};
 use crate::clock::Clock;
 use crate::ledger::writer::LedgerOptions;
@@ -60,15 +62,19 @@ struct Folder {
     /// Held across a whole scan and reconcile, so a scan that started
     /// before an enrolment never applies after it.
     state: Mutex<FolderState>,
-    /// One enrolment at a time: the duplicate check and the file write
-    /// happen together.
-    enrolment: Mutex<()>,
+    /// One write to the folder at a time (enrolments and edits): the
+    /// checks and the file write happen together.
+    writes: Mutex<()>,
 }
 
 struct FolderState {
     scanner: manifests::Scanner,
     reconciler: Reconciler,
     settle: Settle,
+    /// The objects of the last scan, with their files, and the files that
+    /// were broken or settling then (edits find their object here).
+    objects: Vec<manifests::Sourced>,
+    unusable: std::collections::BTreeSet<PathBuf>,
     /// The contents and the still-settling files of the last reconcile.
     reconciled: Option<(
         std::collections::BTreeMap<PathBuf, String>,
@@ -131,6 +137,8 @@ impl Folder {
             settling = unsettled.len(),
             "manifests reconciled"
         );
+        st.objects = scan.objects;
+        st.unusable = scan.broken.iter().cloned().chain(unsettled.iter().cloned()).collect();
         st.reconciled = Some((scan.contents, unsettled));
         Ok(outcome)
     }
@@ -156,7 +164,7 @@ impl Directory for FolderDirectory {
         member: MemberSpec,
     ) -> Pin<Box<dyn Future<Output = Result<(), ApiError>> + Send + 'a>> {
         Box::pin(async move {
-            let _one_at_a_time = self.0.enrolment.lock().await;
+            let _one_at_a_time = self.0.writes.lock().await;
             // Checked again under the lock: of concurrent enrolments of one
             // user id, the first wins and the others are told so.
             {
@@ -205,6 +213,127 @@ impl Directory for FolderDirectory {
             Ok(())
         })
     }
+
+    fn edit<'a>(
+        &'a self,
+        _account: &'a str,
+        edit: SpecEdit,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ApiError>> + Send + 'a>> {
+        Box::pin(self.0.edit(edit))
+    }
+}
+
+impl Folder {
+    /// Changes one object's spec in its manifest file, in place, then
+    /// reconciles at once. Nothing is written unless the new file reads
+    /// back as the old one with exactly these values changed and passes
+    /// the same checks as `validate`.
+    async fn edit(&self, edit: SpecEdit) -> Result<(), ApiError> {
+        let _one_at_a_time = self.writes.lock().await;
+        let conflict = |code: &str, message: String| ApiError::new(axum::http::StatusCode::CONFLICT, code, message);
+        let (file, siblings) = {
+            let st = self.state.lock().await;
+            let found = st.objects.iter().find(|s| {
+                s.object.kind() == edit.kind && s.object.namespace() == edit.namespace && s.object.name() == edit.name
+            });
+            let Some(found) = found else {
+                return Err(conflict(
+                    "not_in_a_file",
+                    format!(
+                        "{} is not declared in any file under {} (the operator made it): declare it in a manifest to edit it",
+                        edit.object(),
+                        self.dir.display()
+                    ),
+                ));
+            };
+            if st.unusable.contains(&found.file) {
+                return Err(conflict(
+                    "file_unsettled",
+                    format!(
+                        "{} is being changed or is broken: try again once it reads cleanly",
+                        found.file.display()
+                    ),
+                ));
+            }
+            if let Some(tool) = edits::gitops_manager(found.object.meta()) {
+                if !edit.force {
+                    return Err(edits::managed_elsewhere(&edit, tool));
+                }
+            }
+            let siblings: Vec<manifests::Object> = st
+                .objects
+                .iter()
+                .filter(|s| s.file == found.file)
+                .map(|s| s.object.clone())
+                .collect();
+            (found.file.clone(), siblings)
+        };
+        let unavailable = |e: std::io::Error| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                format!("cannot write {}: {e}", file.display()),
+            )
+        };
+        let before = std::fs::read_to_string(&file).map_err(unavailable)?;
+        let after = edit::set_spec_fields(&before, edit.kind, &edit.namespace, &edit.name, &edit.changes)
+            .map_err(|e| conflict("cannot_edit_in_place", format!("{}: {e}", file.display())))?;
+        // The new file must say what the old one said, but for these values.
+        let parsed = manifests::parse_file(&file, &after).map_err(|problems| {
+            let p = problems
+                .iter()
+                .find(|p| p.severity == manifests::Severity::Error)
+                .or(problems.first());
+            match p {
+                Some(p) => edits::field_error(&p.field, &p.message),
+                None => conflict(
+                    "cannot_edit_in_place",
+                    format!("{}: the edited file does not read back", file.display()),
+                ),
+            }
+        })?;
+        let mut expected = siblings.clone();
+        for o in &mut expected {
+            if o.kind() == edit.kind && o.namespace() == edit.namespace && o.name() == edit.name {
+                *o = o
+                    .with_spec_changes(edit.changes.iter().map(|c| (c.key, c.value.as_str())))
+                    .map_err(|(field, message)| edits::field_error(&field, &message))?;
+                o.check_spec().map_err(|e| match e {
+                    crate::ledger::LedgerError::InvalidField { field, message } => edits::field_error(&field, &message),
+                    other => ApiError::bad_field("spec", other),
+                })?;
+            }
+        }
+        if before.trim() != std::fs::read_to_string(&file).map_err(unavailable)?.trim() {
+            return Err(conflict(
+                "changed_on_disk",
+                format!("{} changed while it was edited: try again", file.display()),
+            ));
+        }
+        if parsed != expected {
+            return Err(conflict(
+                "cannot_edit_in_place",
+                format!(
+                    "{}: the file's layout cannot be edited in place; change it by hand",
+                    file.display()
+                ),
+            ));
+        }
+        let dir = file.parent().unwrap_or(&self.dir).to_path_buf();
+        let tmp = dir.join(format!(
+            ".{}.{}.edit.tmp",
+            file.file_name().and_then(|n| n.to_str()).unwrap_or("manifest"),
+            std::process::id()
+        ));
+        if let Err(e) = std::fs::write(&tmp, &after).and_then(|_| std::fs::rename(&tmp, &file)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(unavailable(e));
+        }
+        tracing::info!(object = %edit.object(), file = %file.display(), by = %edit.caller, "edited through the API");
+        self.trust(file.clone(), after).await;
+        self.sync(true).await.map_err(unavailable)?;
+        Ok(())
+    }
 }
 
 fn enrolled_manifest(ns: &str, m: &MemberSpec) -> String {
@@ -251,9 +380,11 @@ pub async fn run(options: Options) -> Result<(), StartError> {
             scanner: manifests::Scanner::default(),
             reconciler: Reconciler::default(),
             settle: Settle::new(options.settle),
+            objects: Vec::new(),
+            unusable: Default::default(),
             reconciled: None,
         }),
-        enrolment: Mutex::new(()),
+        writes: Mutex::new(()),
     });
     // Watch before the first read, so no change after it goes unseen.
     let changed = Arc::new(tokio::sync::Notify::new());
