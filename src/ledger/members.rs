@@ -127,6 +127,11 @@ struct MemberRecord {
     held: Amount,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     history: BTreeMap<u64, MemberCycle>,
+    /// Whether this member's object name refers to it (a name reused by
+    /// several user ids refers to the last one configured with it, which
+    /// enrolment order cannot tell). Absent in older snapshots.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    holds_name: bool,
 }
 
 /// [`MemberRecord`] borrowed, so a snapshot copies no member.
@@ -139,6 +144,8 @@ struct MemberRecordRef<'a> {
     held: Amount,
     #[serde(skip_serializing_if = "Option::is_none")]
     history: Option<&'a BTreeMap<u64, MemberCycle>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    holds_name: bool,
 }
 
 /// [`MemberSpec`]'s serialized form, borrowed.
@@ -170,6 +177,7 @@ impl<'a> From<&'a Member> for MemberRecordRef<'a> {
             tally: m.tally,
             held: m.held,
             history: m.history.as_deref(),
+            holds_name: false,
         }
     }
 }
@@ -194,6 +202,7 @@ impl From<Member> for MemberRecord {
             tally: m.tally,
             held: m.held,
             history: m.history.map(|h| *h).unwrap_or_default(),
+            holds_name: false,
         }
     }
 }
@@ -360,8 +369,10 @@ impl Serialize for MemberTable {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
         let mut seq = s.serialize_seq(Some(self.rows.len()))?;
-        for m in &self.rows {
-            seq.serialize_element(&MemberRecordRef::from(m))?;
+        for (i, m) in self.rows.iter().enumerate() {
+            let mut record = MemberRecordRef::from(m);
+            record.holds_name = self.name_index(m.name()) == Some(i as u32);
+            seq.serialize_element(&record)?;
         }
         seq.end()
     }
@@ -369,11 +380,16 @@ impl Serialize for MemberTable {
 
 impl<'de> Deserialize<'de> for MemberTable {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let rows = Vec::<Member>::deserialize(d)?;
-        let mut table = MemberTable::from(rows);
+        let records = Vec::<MemberRecord>::deserialize(d)?;
+        let holders: Vec<bool> = records.iter().map(|r| r.holds_name).collect();
+        let mut table = MemberTable::from(records.into_iter().map(Member::from).collect::<Vec<_>>());
         // Names that pointed at a member before it was renamed are gone;
-        // the last member to claim a name holds it.
+        // the last member to claim a name holds it, unless the snapshot
+        // says which one does (as the live table knew).
         table.rebuild_names();
+        for (i, _) in holders.iter().enumerate().filter(|(_, h)| **h) {
+            table.point_name(i as u32);
+        }
         Ok(table)
     }
 }
@@ -449,6 +465,13 @@ impl MemberTable {
         self.index_of(user_id).is_some()
     }
 
+    fn name_index(&self, name: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(name);
+        self.by_name
+            .find(hash, |&i| self.rows[i as usize].name() == name)
+            .copied()
+    }
+
     /// The member a MemberAllocation name refers to.
     pub fn by_name(&self, name: &str) -> Option<&Member> {
         let hash = self.hasher.hash_one(name);
@@ -495,5 +518,42 @@ impl MemberTable {
         if let Ok(entry) = self.by_name.find_entry(hash, |&j| j == i) {
             entry.remove();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, user_id: &str) -> MemberSpec {
+        MemberSpec {
+            name: name.into(),
+            user_id: user_id.into(),
+            email: format!("{user_id}@example.com"),
+            display_name: user_id.into(),
+            group: None,
+            monthly_credits: None,
+            extra_credits: Amount::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_name_reused_across_members_points_where_it_did_after_a_snapshot() {
+        let mut table = MemberTable::default();
+        table.upsert(&spec("alice", "u1"), Amount::ZERO, 1).active = false;
+        table.upsert(&spec("alice", "u2"), Amount::ZERO, 1).active = false;
+        table.upsert(&spec("alice", "u1"), Amount::ZERO, 1);
+        table.upsert(&spec("bob", "u3"), Amount::ZERO, 1);
+        assert_eq!(table.by_name("alice").map(|m| m.user_id()), Some("u1"));
+        let text = serde_json::to_string(&table).unwrap();
+        let restored: MemberTable = serde_json::from_str(&text).unwrap();
+        assert_eq!(restored.by_name("alice").map(|m| m.user_id()), Some("u1"), "{text}");
+        assert_eq!(restored.by_name("bob").map(|m| m.user_id()), Some("u3"));
+        assert_eq!(restored, table);
+        // A snapshot written before names were recorded keeps the old rule.
+        let old = text.replace(",\"holds_name\":true", "");
+        assert!(!old.contains("holds_name"), "{old}");
+        let legacy: MemberTable = serde_json::from_str(&old).unwrap();
+        assert_eq!(legacy.by_name("alice").map(|m| m.user_id()), Some("u2"));
     }
 }
