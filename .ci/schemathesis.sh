@@ -18,7 +18,10 @@ done
 schemathesis run docs/openapi.json --url "http://127.0.0.1:$port" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --phases examples,coverage,fuzzing --max-examples "${SCHEMATHESIS_EXAMPLES:-60}" \
-    --workers 2 --suppress-health-check all \
+    --workers 1 --suppress-health-check all \
     --exclude-path '/v1/namespaces/{ns}/accounts/{account}/events'
+# One worker: with two threads the generator's ast.parse can fail inside
+# CPython 3.11 ("AST constructor recursion depth mismatch"), an error of
+# the tool, not of the API.
 # (`…/events` is a stream that never ends by design: tests/standalone.rs
 # and the console suite follow it.)
