@@ -94,6 +94,7 @@ fn hot(c: &mut Criterion) {
             i += 1;
             out.clear();
             let cmd = Command::RecordUsage {
+                labels: Default::default(),
                 account: ACCOUNT.into(),
                 member: format!("u{:07}", i % 100_000),
                 charge: Charge::Credits(Amount::from_int(3)),

@@ -18,6 +18,9 @@ const state = {
   search: '',
   page: 1,
   reqStatus: '',
+  costBy: 'model',
+  costCycle: null, // null: the current cycle
+  costPage: 1,
   reqPage: 1,
   request: null,
   live: null,
@@ -138,7 +141,7 @@ function confirmDialog(title, body, okLabel = 'Apply change', danger = false) {
 
 // ---------- tabs ----------
 
-const TABS = ['overview', 'allocations', 'requests', 'settings'];
+const TABS = ['overview', 'allocations', 'requests', 'settings', 'cost'];
 
 function selectTab(name, focus = false) {
   for (const t of TABS) {
@@ -621,6 +624,122 @@ function wireSettings() {
   });
 }
 
+// ---------- cost ----------
+
+const COST_BY = { model: 'Model', provider: 'Provider', group: 'Group', member: 'Member' };
+
+/** Horizontal bars of credits per key (the first page's rows). */
+function renderCostChart(data) {
+  const holder = $('cost-chart');
+  const ns = 'http://www.w3.org/2000/svg';
+  const rows = data.items;
+  if (rows.length === 0) {
+    holder.replaceChildren(el('p', { class: 'empty', text: 'No usage in this cycle yet.' }));
+    return;
+  }
+  const rowH = 34;
+  const width = 640;
+  const labelW = 190;
+  const barW = width - labelW - 120;
+  const max = rows.reduce((m, r) => Math.max(m, Number(r.credits)), 0);
+  const svg = document.createElementNS(ns, 'svg');
+  svg.setAttribute('viewBox', `0 0 ${width} ${rows.length * rowH + 6}`);
+  svg.setAttribute('role', 'img');
+  svg.setAttribute('aria-labelledby', 'cost-chart-title cost-chart-desc');
+  const title = document.createElementNS(ns, 'title');
+  title.id = 'cost-chart-title';
+  title.textContent = `Credits by ${COST_BY[data.groupBy].toLowerCase()}`;
+  const desc = document.createElementNS(ns, 'desc');
+  desc.id = 'cost-chart-desc';
+  desc.textContent = rows.map((r) => `${r.label || r.key}: ${formatAmount(r.credits)} credits, $${formatAmount(r.costUsd)}`).join('; ');
+  svg.append(title, desc);
+  rows.forEach((r, i) => {
+    const y = i * rowH + 4;
+    const label = document.createElementNS(ns, 'text');
+    label.setAttribute('x', '0');
+    label.setAttribute('y', String(y + 19));
+    label.setAttribute('class', 'chart-label');
+    const name = r.label || r.key;
+    label.textContent = name.length > 24 ? `${name.slice(0, 23)}…` : name;
+    const bar = document.createElementNS(ns, 'rect');
+    bar.setAttribute('x', String(labelW));
+    bar.setAttribute('y', String(y + 5));
+    bar.setAttribute('width', String(Math.max(2, barWidth(r.credits, max) / 100 * barW)));
+    bar.setAttribute('height', '20');
+    bar.setAttribute('rx', '4');
+    bar.setAttribute('class', 'chart-used');
+    const value = document.createElementNS(ns, 'text');
+    value.setAttribute('x', String(labelW + Math.max(2, barWidth(r.credits, max) / 100 * barW) + 8));
+    value.setAttribute('y', String(y + 19));
+    value.setAttribute('class', 'chart-sub');
+    value.textContent = formatAmount(r.credits);
+    svg.append(label, bar, value);
+  });
+  holder.replaceChildren(svg);
+}
+
+function renderCostCycles() {
+  const o = state.overview;
+  if (!o) return;
+  const pick = $('cost-cycle');
+  const current = o.cycle.number;
+  const wanted = state.costCycle === null ? String(current) : String(state.costCycle);
+  const options = [];
+  for (let n = current; n >= 1 && n > current - 24; n -= 1) {
+    options.push(el('option', { value: String(n), text: n === current ? `Cycle ${n} (current)` : `Cycle ${n}` }));
+  }
+  pick.replaceChildren(...options);
+  pick.value = wanted;
+}
+
+async function loadCosts() {
+  const q = new URLSearchParams({ groupBy: state.costBy, page: String(state.costPage), pageSize: String(PAGE_SIZE) });
+  if (state.costCycle !== null) q.set('cycle', String(state.costCycle));
+  const data = await api('GET', `${base()}/costs?${q}`);
+  renderCostCycles();
+  const by = COST_BY[data.groupBy];
+  $('cost-title').textContent = `Cost by ${by.toLowerCase()}`;
+  $('cost-key-head').textContent = by;
+  $('cost-window').textContent = `Cycle ${data.cycle.number}: ${when(data.cycle.start)} → ${when(data.cycle.end)}`;
+  $('cost-credits').textContent = formatAmount(data.total.credits);
+  $('cost-usd').textContent = `$${formatAmount(data.total.costUsd)}`;
+  $('cost-events').textContent = formatAmount(String(data.total.events));
+  renderCostChart(data);
+  const rows = data.items.map((r) => {
+    const key = r.label
+      ? [el('span', { class: 'who-name', text: r.label }), el('br'), el('span', { class: 'muted', text: r.key })]
+      : [el('span', { text: r.key })];
+    return el('tr', { 'data-key': r.key },
+      el('th', { scope: 'row', 'data-label': by }, ...key),
+      plainCell('Credits', formatAmount(r.credits)),
+      plainCell('Cost (USD)', `$${formatAmount(r.costUsd)}`),
+      plainCell('Events', formatAmount(String(r.events))));
+  });
+  if (rows.length === 0) rows.push(el('tr', {}, el('td', { colspan: '4', class: 'empty', text: 'No usage in this cycle yet.' })));
+  $('cost-table').querySelector('tbody').replaceChildren(...rows);
+  const first = data.count === 0 ? 0 : (data.page - 1) * data.pageSize + 1;
+  const last = Math.min(data.count, data.page * data.pageSize);
+  $('cost-pager-text').textContent = `${first}–${last} of ${data.count}`;
+  $('cost-prev').disabled = data.page <= 1;
+  $('cost-next').disabled = last >= data.count;
+}
+
+function wireCost() {
+  $('cost-by').addEventListener('change', () => {
+    state.costBy = $('cost-by').value;
+    state.costPage = 1;
+    loadCosts().catch(fail);
+  });
+  $('cost-cycle').addEventListener('change', () => {
+    const n = Number($('cost-cycle').value);
+    state.costCycle = state.overview && n === state.overview.cycle.number ? null : n;
+    state.costPage = 1;
+    loadCosts().catch(fail);
+  });
+  $('cost-prev').addEventListener('click', () => { state.costPage = Math.max(1, state.costPage - 1); loadCosts().catch(fail); });
+  $('cost-next').addEventListener('click', () => { state.costPage += 1; loadCosts().catch(fail); });
+}
+
 // ---------- loading, live updates, sign-in ----------
 
 function fail(err) {
@@ -638,7 +757,7 @@ async function loadAll() {
   state.groups = groups.items;
   renderOverview();
   renderGroups();
-  await Promise.all([loadMembers(), loadRequests()]);
+  await Promise.all([loadMembers(), loadRequests(), loadCosts()]);
 }
 
 /** Follows `GET …/events` (read with fetch, so the token stays a header). */
@@ -729,6 +848,8 @@ async function start() {
     $('members-card').hidden = true;
     state.request = null;
     $('decide-card').hidden = true;
+    state.costCycle = null;
+    state.costPage = 1;
   };
   chosen();
   pick.onchange = async () => { chosen(); await loadAll().catch(fail); follow(); };
@@ -748,6 +869,7 @@ function wire() {
   wireAllocations();
   wireRequests();
   wireSettings();
+  wireCost();
   $('refresh').addEventListener('click', () => loadAll().then(() => banner('Refreshed.')).catch(fail));
   $('sign-in-form').addEventListener('submit', async (e) => {
     e.preventDefault();

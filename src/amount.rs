@@ -143,6 +143,18 @@ impl Amount {
     }
 }
 
+impl Amount {
+    /// `self + other`, held at the decimal's largest value instead of
+    /// overflowing: for sums that have no ceiling of their own.
+    pub fn saturating_add(self, other: Amount) -> Amount {
+        match self.0.checked_add(other.0) {
+            Some(d) => Amount(d.normalize()),
+            None if other.0.is_sign_negative() => Amount(Decimal::MIN),
+            None => Amount(Decimal::MAX),
+        }
+    }
+}
+
 impl std::ops::Add for Amount {
     type Output = Amount;
     fn add(self, rhs: Amount) -> Amount {

@@ -171,6 +171,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, LedgerError> {
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     let events: Vec<Command> = (0..options.events)
         .map(|i| Command::RecordUsage {
+            labels: Default::default(),
             account: ACCOUNT.into(),
             member: format!("u{:07}", rng.next() % options.members),
             charge: charge(&mut rng),
@@ -193,6 +194,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, LedgerError> {
     let started = Instant::now();
     for i in 0..options.naive_events {
         ledger.execute_blocking(Command::RecordUsage {
+            labels: Default::default(),
             account: ACCOUNT.into(),
             member: format!("u{:07}", rng.next() % options.members),
             charge: charge(&mut rng),

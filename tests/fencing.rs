@@ -11,6 +11,7 @@ use support::*;
 
 fn usage(key: &str) -> Command {
     Command::RecordUsage {
+        labels: Default::default(),
         account: ACCOUNT.into(),
         member: "u-alice".into(),
         charge: Charge::Credits(amt("5")),

@@ -302,7 +302,7 @@ on_both_backends! {
         f.account_with("100000", "CalendarMonth", "UTC", "1000", "0");
         f.group("default", "100000", "0", "0");
         f.member("alice", None, Some("5000"), "0");
-        let r = f.ledger.execute_blocking(Command::RecordUsage {
+        let r = f.ledger.execute_blocking(Command::RecordUsage { labels: Default::default(),
             account: ACCOUNT.into(),
             member: "u-alice".into(),
             charge: Charge::CostUsd(amt("0.012345678")),
@@ -314,7 +314,7 @@ on_both_backends! {
         // half-even to 9 places: 0.000000003 × 0.5 = 0.0000000015 → 0.000000002.
         f.account_with("100000", "CalendarMonth", "UTC", "0.5", "0");
         assert_eq!(f.member_figures("u-alice").used, amt("12.345678"));
-        let r = f.ledger.execute_blocking(Command::RecordUsage {
+        let r = f.ledger.execute_blocking(Command::RecordUsage { labels: Default::default(),
             account: ACCOUNT.into(),
             member: "u-alice".into(),
             charge: Charge::CostUsd(amt("0.000000003")),
@@ -367,7 +367,7 @@ on_both_backends! {
             account: ACCOUNT.into(), member: "u-alice".into(), charge: Charge::Credits(amt("0.5")), ttl_seconds: 60, key: "h".into(),
         });
         let Outcome::Hold(opened) = open().unwrap() else { panic!() };
-        f.ok(Command::SettleHold { account: ACCOUNT.into(), id: opened.id.clone(), charge: Charge::Credits(amt("0.25")) });
+        f.ok(Command::SettleHold { labels: Default::default(), account: ACCOUNT.into(), id: opened.id.clone(), charge: Charge::Credits(amt("0.25")) });
         let Outcome::Hold(replayed) = open().unwrap() else { panic!() };
         assert_eq!(
             (replayed.id, replayed.state, replayed.settled_credits, replayed.credits, replayed.duplicate),
@@ -375,7 +375,7 @@ on_both_backends! {
             "a replayed open answers the hold as it was opened"
         );
 
-        let cost = |key: &str| f.run(Command::RecordUsage {
+        let cost = |key: &str| f.run(Command::RecordUsage { labels: Default::default(),
             account: ACCOUNT.into(), member: "u-alice".into(), charge: Charge::CostUsd(amt("900000000000")), key: key.into(), occurred_at: None,
         });
         let Outcome::Usage(first) = cost("big").unwrap() else { panic!() };
@@ -405,17 +405,17 @@ on_both_backends! {
         let err = open("40", "h2").unwrap_err();
         assert!(matches!(err, LedgerError::InsufficientCredits { ref remaining, ref limited_by } if remaining == "30" && limited_by == "member"), "{err}");
 
-        let Outcome::Hold(settled) = f.ok(Command::SettleHold { account: ACCOUNT.into(), id: h1.id.clone(), charge: Charge::Credits(amt("80")) }) else { panic!() };
+        let Outcome::Hold(settled) = f.ok(Command::SettleHold { labels: Default::default(), account: ACCOUNT.into(), id: h1.id.clone(), charge: Charge::Credits(amt("80")) }) else { panic!() };
         assert_eq!((settled.state, settled.settled_credits), (HoldState::Settled, Some(amt("80"))));
         assert_eq!(f.member_figures("u-alice").used, amt("80"));
-        let Outcome::Hold(twice) = f.ok(Command::SettleHold { account: ACCOUNT.into(), id: h1.id.clone(), charge: Charge::Credits(amt("80")) }) else { panic!() };
+        let Outcome::Hold(twice) = f.ok(Command::SettleHold { labels: Default::default(), account: ACCOUNT.into(), id: h1.id.clone(), charge: Charge::Credits(amt("80")) }) else { panic!() };
         assert!(twice.duplicate);
         assert_eq!(f.member_figures("u-alice").used, amt("80"), "settling twice debits once");
 
         let Outcome::Hold(h3) = open("15", "h3").unwrap() else { panic!() };
         let Outcome::Hold(released) = f.ok(Command::ReleaseHold { account: ACCOUNT.into(), id: h3.id.clone() }) else { panic!() };
         assert_eq!(released.state, HoldState::Released);
-        let err = f.run(Command::SettleHold { account: ACCOUNT.into(), id: h3.id, charge: Charge::Credits(amt("1")) }).unwrap_err();
+        let err = f.run(Command::SettleHold { labels: Default::default(), account: ACCOUNT.into(), id: h3.id, charge: Charge::Credits(amt("1")) }).unwrap_err();
         assert!(matches!(err, LedgerError::HoldClosed { .. }));
 
         let Outcome::Hold(h4) = open("20", "h4").unwrap() else { panic!() };
@@ -470,7 +470,7 @@ on_both_backends! {
         standard(&f);
         f.usage("u-alice", "1", "seen").unwrap();
         let before = f.state();
-        let usage = |member: &str, charge: Charge, key: &str| Command::RecordUsage {
+        let usage = |member: &str, charge: Charge, key: &str| Command::RecordUsage { labels: Default::default(),
             account: ACCOUNT.into(), member: member.into(), charge, key: key.into(), occurred_at: None,
         };
         let neg = credit_operator::amount::Amount::from_int(-5);
@@ -498,7 +498,7 @@ on_both_backends! {
         }
         for (command, expected) in [
             (usage("u-nobody", Charge::Credits(amt("1")), "n5"), "not_found"),
-            (Command::RecordUsage { account: "team/other".into(), member: "u-alice".into(), charge: Charge::Credits(amt("1")), key: "n6".into(), occurred_at: None }, "not_found"),
+            (Command::RecordUsage { labels: Default::default(), account: "team/other".into(), member: "u-alice".into(), charge: Charge::Credits(amt("1")), key: "n6".into(), occurred_at: None }, "not_found"),
             (Command::DecideRequest { account: ACCOUNT.into(), uid: "nope".into(), verdict: Verdict::Deny, reason: String::new(), by: "x".into() }, "not_found"),
         ] {
             let err = f.run(command).unwrap_err();
@@ -509,6 +509,79 @@ on_both_backends! {
             let err = AccountSettings::new(amt("1"), cadence, tz, amt("0"), amt("0"), "default").unwrap_err();
             assert!(matches!(err, LedgerError::InvalidField { field: ref got, .. } if got == field), "{err}");
         }
+    }
+
+    fn costs_sum_by_model_provider_group_and_member_and_survive_a_reset_and_restarts(db: &Db) {
+        use credit_operator::ledger::costs::{breakdown, CostDimension, Labels};
+        let mut f = Fixture::with_options(db, LedgerOptions { snapshot_every: 4, ..LedgerOptions::default() });
+        // Factor 1000: a dollar is 1,000 credits.
+        f.account_with("100000", "CalendarMonth", "UTC", "1000", "40");
+        f.group("default", "1000", "0", "0");
+        f.group("ml", "3000", "0", "0");
+        f.member("alice", Some("ml"), Some("1000"), "0");
+        f.member("bob", Some("ml"), Some("800"), "0");
+        f.member("carol", None, None, "0");
+        let labels = |model: Option<&str>, provider: Option<&str>| Labels {
+            model: model.map(str::to_string),
+            provider: provider.map(str::to_string),
+            tags: [("team".to_string(), "search".to_string())].into_iter().collect(),
+        };
+        let spend = |f: &Fixture, user: &str, charge: Charge, key: &str, l: Labels| {
+            f.ok(Command::RecordUsage { account: ACCOUNT.into(), member: user.into(), charge, key: key.into(), occurred_at: None, labels: l });
+        };
+        spend(&f, "u-alice", Charge::CostUsd(amt("0.25")), "e1", labels(Some("gpt-4o"), Some("openai")));
+        spend(&f, "u-alice", Charge::CostUsd(amt("0.125")), "e2", labels(Some("claude-3.5-sonnet"), Some("anthropic")));
+        spend(&f, "u-bob", Charge::CostUsd(amt("0.5")), "e3", labels(Some("gpt-4o"), Some("openai")));
+        spend(&f, "u-carol", Charge::Credits(amt("7")), "e4", Labels::default());
+        // A retry is counted once; the same key with other labels is a conflict.
+        spend(&f, "u-alice", Charge::CostUsd(amt("0.25")), "e1", labels(Some("gpt-4o"), Some("openai")));
+        let err = f.run(Command::RecordUsage { account: ACCOUNT.into(), member: "u-alice".into(), charge: Charge::CostUsd(amt("0.25")), key: "e1".into(), occurred_at: None, labels: labels(Some("gpt-4o-mini"), Some("openai")) }).unwrap_err();
+        assert!(matches!(err, LedgerError::IdempotencyConflict(_)), "{err:?}");
+        // A settled hold counts with the settlement's labels.
+        let Outcome::Hold(h) = f.ok(Command::OpenHold { account: ACCOUNT.into(), member: "u-bob".into(), charge: Charge::Credits(amt("100")), ttl_seconds: 60, key: "h1".into() }) else { panic!() };
+        f.ok(Command::SettleHold { account: ACCOUNT.into(), id: h.id, charge: Charge::CostUsd(amt("0.04")), labels: labels(Some("gpt-4o"), Some("openai")) });
+        // Bad labels name their field and change nothing.
+        let before = f.state();
+        let bad = Labels { model: Some("(none)".into()), ..Labels::default() };
+        let err = f.run(Command::RecordUsage { account: ACCOUNT.into(), member: "u-alice".into(), charge: Charge::Credits(amt("1")), key: "bad".into(), occurred_at: None, labels: bad }).unwrap_err();
+        assert!(err.to_string().contains("model"), "{err}");
+        assert_eq!(f.state().accounts[ACCOUNT].spent(), before.accounts[ACCOUNT].spent());
+
+        let rows = |f: &Fixture, cycle: u64, by: CostDimension| {
+            let state = f.state();
+            let (items, total) = breakdown(&state.accounts[ACCOUNT], cycle, by).expect("cycle exists");
+            let items: Vec<(String, String, String, u64)> = items.into_iter().map(|i| (i.key, i.sum.credits.to_string(), i.sum.cost_usd.to_string(), i.sum.events)).collect();
+            (items, (total.credits.to_string(), total.cost_usd.to_string(), total.events))
+        };
+        let row = |k: &str, c: &str, usd: &str, n: u64| (k.to_string(), c.to_string(), usd.to_string(), n);
+        // 250 + 500 + 40 credits on gpt-4o; 125 on claude; carol's 7 named no model.
+        let by_model = (vec![row("gpt-4o", "790", "0.79", 3), row("claude-3.5-sonnet", "125", "0.125", 1), row("(none)", "7", "0", 1)], ("922".to_string(), "0.915".to_string(), 5));
+        let by_provider = vec![row("openai", "790", "0.79", 3), row("anthropic", "125", "0.125", 1), row("(none)", "7", "0", 1)];
+        let by_group = vec![row("ml", "915", "0.915", 4), row("default", "7", "0", 1)];
+        let by_member = vec![row("u-bob", "540", "0.54", 2), row("u-alice", "375", "0.375", 2), row("u-carol", "7", "0", 1)];
+        let check = |f: &Fixture, cycle: u64| {
+            assert_eq!(rows(f, cycle, CostDimension::Model), by_model, "cycle {cycle} by model");
+            assert_eq!(rows(f, cycle, CostDimension::Provider).0, by_provider, "cycle {cycle} by provider");
+            assert_eq!(rows(f, cycle, CostDimension::Group).0, by_group, "cycle {cycle} by group");
+            assert_eq!(rows(f, cycle, CostDimension::Member).0, by_member, "cycle {cycle} by member");
+        };
+        check(&f, 1);
+        f.restart();
+        check(&f, 1);
+        // The cycle closes: its breakdown stays, the new one starts empty.
+        f.ok(Command::Reset { account: ACCOUNT.into(), mark: None });
+        check(&f, 1);
+        assert_eq!(rows(&f, 2, CostDimension::Model), (vec![], ("0".to_string(), "0".to_string(), 0)));
+        spend(&f, "u-carol", Charge::CostUsd(amt("0.001")), "e5", labels(Some("gpt-4o"), None));
+        assert_eq!(rows(&f, 2, CostDimension::Model).0, vec![row("gpt-4o", "1", "0.001", 1)]);
+        assert_eq!(rows(&f, 2, CostDimension::Provider).0, vec![row("(none)", "1", "0.001", 1)]);
+        f.restart();
+        check(&f, 1);
+        assert_eq!(rows(&f, 2, CostDimension::Member).0, vec![row("u-carol", "1", "0.001", 1)]);
+        // Snapshots were taken along the way: a restart from one agrees.
+        let live = f.state();
+        f.restart();
+        assert_eq!(f.state(), live);
     }
 
     fn recovery_from_snapshot_and_journal_matches_the_live_state(db: &Db) {
@@ -577,7 +650,7 @@ on_both_backends! {
                     let credits = amt(&format!("{}.{:03}", n % 17 + 1, w));
                     let key = format!("w{w}-e{n}");
                     let outcome = ledger
-                        .execute_blocking(Command::RecordUsage {
+                        .execute_blocking(Command::RecordUsage { labels: Default::default(),
                             account: ACCOUNT.into(), member: "u-alice".into(), charge: Charge::Credits(credits), key, occurred_at: None,
                         })
                         .expect("usage accepted");

@@ -98,6 +98,7 @@ impl Running {
     async fn usage(&self, user: &str, credits: &str, key: &str) {
         self.ledger
             .execute(Command::RecordUsage {
+                labels: Default::default(),
                 account: format!("{NS}/acme"),
                 member: user.into(),
                 charge: Charge::Credits(amt(credits)),
@@ -237,6 +238,7 @@ async fn status_writes_stay_bounded_while_ten_thousand_usage_events_stream_in() 
         for i in 0..10_000u32 {
             let member = if i % 2 == 0 { "u-alice" } else { "u-bob" };
             pending.push(ledger.submit(Command::RecordUsage {
+                labels: Default::default(),
                 account: "team/acme".into(),
                 member: member.into(),
                 charge: Charge::Credits(amt("0.01")),

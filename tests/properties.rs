@@ -168,6 +168,13 @@ fn command(step: &Step, now: &mut Timestamp, seq: u64) -> Option<Command> {
             user_id: format!("id-{}", USERS[u]),
         },
         Step::Usage(u, c, k) => Command::RecordUsage {
+            // Some usage names a model and a provider, so cost sums are in
+            // every state these properties reach.
+            labels: credit_operator::ledger::Labels {
+                model: (k % 3 != 0).then(|| ["gpt-4o", "claude-3.5-sonnet"][(k % 2) as usize].to_string()),
+                provider: (k % 4 == 1).then(|| "openai".to_string()),
+                tags: Default::default(),
+            },
             account,
             member: format!("id-{}", USERS[u]),
             charge: Charge::Credits(amount_cents(c)),
@@ -202,6 +209,7 @@ fn command(step: &Step, now: &mut Timestamp, seq: u64) -> Option<Command> {
             key: format!("hold-key-{seq}"),
         },
         Step::Settle(h, c) => Command::SettleHold {
+            labels: Default::default(),
             account,
             id: format!("hold-{h}"),
             charge: Charge::Credits(Amount::from_int(c.into())),
@@ -243,6 +251,36 @@ fn check_identities(state: &State) -> Result<(), TestCaseError> {
         total_held += m.held;
     }
     prop_assert_eq!(acct.used, total_used, "account used = Σ members used");
+    // Every cost breakdown covers the cycle's spending exactly once.
+    use credit_operator::ledger::costs::{breakdown, CostDimension};
+    for by in [CostDimension::Model, CostDimension::Provider, CostDimension::Member] {
+        let (items, total) = breakdown(acct, cycle, by).expect("the current cycle");
+        prop_assert_eq!(total.credits, acct.used);
+        prop_assert_eq!(
+            items.iter().map(|i| i.sum.credits).sum::<Amount>(),
+            total.credits,
+            "{:?} credits",
+            by
+        );
+        prop_assert_eq!(
+            items.iter().map(|i| i.sum.events).sum::<u64>(),
+            total.events,
+            "{:?} events",
+            by
+        );
+    }
+    for g in acct.groups.values().filter(|g| g.active) {
+        let spent = g.tally.at(cycle).spent();
+        let members: Vec<_> = numbers::members_of(acct, &g.name)
+            .map(|m| m.tally.at(cycle).spent())
+            .collect();
+        prop_assert_eq!(
+            spent.events,
+            members.iter().map(|s| s.events).sum::<u64>(),
+            "group {} events",
+            g.name
+        );
+    }
     prop_assert_eq!(acct.held, total_held, "account held = Σ members held");
     let open: Amount = acct
         .holds

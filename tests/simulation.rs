@@ -271,6 +271,7 @@ impl Sim {
                     }
                 };
                 let command = Command::RecordUsage {
+                    labels: Default::default(),
                     account: METERED.into(),
                     member: usage.member.clone(),
                     charge: usage.charge,
@@ -311,6 +312,7 @@ impl Sim {
                     let actual = amount(self.rng.below(cents + 1));
                     (
                         Command::SettleHold {
+                            labels: Default::default(),
                             account: GUARDED.into(),
                             id,
                             charge: Charge::Credits(actual),

@@ -1521,6 +1521,193 @@ fn edits_through_the_api_change_one_value_in_its_file_and_the_figures_follow() {
 }
 
 #[test]
+fn costs_break_a_cycle_down_by_model_provider_group_and_member() {
+    let env = Env::new();
+    let s = env.start();
+    let spend = |member: &str, body: Value| {
+        let (st, u) = usage(&s, member, body);
+        assert_eq!(st, 200, "{u}");
+    };
+    // Factor 100: a dollar is 100 credits.
+    spend(
+        "u-alice",
+        json!({"costUsd": "0.5", "idempotencyKey": "c1", "model": "gpt-4o", "provider": "openai", "tags": {"team": "search"}}),
+    );
+    spend(
+        "u-bob",
+        json!({"costUsd": "0.25", "idempotencyKey": "c2", "model": "gpt-4o", "provider": "openai"}),
+    );
+    spend(
+        "u-bob",
+        json!({"costUsd": "1", "idempotencyKey": "c3", "model": "claude-3.5-sonnet", "provider": "anthropic"}),
+    );
+    spend("u-alice", json!({"credits": "3", "idempotencyKey": "c4"}));
+    // A retry counts once; other labels under the same key are a conflict.
+    spend(
+        "u-alice",
+        json!({"costUsd": 0.50, "idempotencyKey": "c1", "model": "gpt-4o", "provider": "openai", "tags": {"team": "search"}}),
+    );
+    let (st, e) = usage(
+        &s,
+        "u-alice",
+        json!({"costUsd": "0.5", "idempotencyKey": "c1", "model": "gpt-4o-mini", "provider": "openai", "tags": {"team": "search"}}),
+    );
+    assert_eq!((st, e["error"].as_str()), (409, Some("idempotency_conflict")), "{e}");
+
+    let costs = |query: &str| {
+        let (st, c) = s.call("GET", &format!("{A}/costs{query}"), None);
+        assert_eq!(st, 200, "{query}: {c}");
+        c
+    };
+    let rows = |c: &Value| -> Vec<(String, String, String, u64)> {
+        c["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["key"].as_str().unwrap().to_string(),
+                    i["credits"].as_str().unwrap().to_string(),
+                    i["costUsd"].as_str().unwrap().to_string(),
+                    i["events"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let row = |k: &str, c: &str, usd: &str, n: u64| (k.to_string(), c.to_string(), usd.to_string(), n);
+    let by_model = costs("");
+    assert_eq!(by_model["groupBy"], "model");
+    assert_eq!(by_model["cycle"]["number"], 1);
+    assert_eq!(
+        rows(&by_model),
+        vec![
+            row("claude-3.5-sonnet", "100", "1", 1),
+            row("gpt-4o", "75", "0.75", 2),
+            row("(none)", "3", "0", 1)
+        ]
+    );
+    assert_eq!(
+        by_model["total"],
+        json!({"credits": "178", "costUsd": "1.75", "events": 4})
+    );
+    assert_eq!(
+        (by_model["count"].as_u64(), by_model["page"].as_u64()),
+        (Some(3), Some(1))
+    );
+    assert_eq!(
+        rows(&costs("?groupBy=provider")),
+        vec![
+            row("anthropic", "100", "1", 1),
+            row("openai", "75", "0.75", 2),
+            row("(none)", "3", "0", 1)
+        ]
+    );
+    assert_eq!(rows(&costs("?groupBy=group")), vec![row("ml", "178", "1.75", 4)]);
+    let members = costs("?groupBy=member");
+    assert_eq!(
+        rows(&members),
+        vec![row("u-bob", "125", "1.25", 2), row("u-alice", "53", "0.5", 2)]
+    );
+    assert_eq!(members["items"][0]["label"], "Bob");
+    let second = costs("?groupBy=member&pageSize=1&page=2");
+    assert_eq!(
+        (rows(&second), second["count"].as_u64()),
+        (vec![row("u-alice", "53", "0.5", 2)], Some(2))
+    );
+    // The overview agrees with the breakdown's total.
+    assert_eq!(s.get(&format!("{A}/overview"))["used"], "178");
+
+    // Bad input names the field and records nothing.
+    for (body, field) in [
+        (
+            json!({"credits": "1", "idempotencyKey": "b1", "model": "(other)"}),
+            "model",
+        ),
+        (
+            json!({"credits": "1", "idempotencyKey": "b2", "provider": "a".repeat(65)}),
+            "provider",
+        ),
+        (
+            json!({"credits": "1", "idempotencyKey": "b3", "tags": {"team": "a\u{7}b"}}),
+            "tags.team",
+        ),
+        (
+            json!({"credits": "1", "idempotencyKey": "b4", "tags": {"a": "1", "b": "2", "c": "3", "d": "4", "e": "5", "f": "6", "g": "7", "h": "8", "i": "9"}}),
+            "tags",
+        ),
+        (
+            json!({"credits": "1", "idempotencyKey": "b5", "tags": {"team": 5}}),
+            "tags",
+        ),
+    ] {
+        let (st, e) = usage(&s, "u-alice", body.clone());
+        assert_eq!(st, 400, "{body}: {e}");
+        assert!(
+            e["message"].as_str().unwrap_or_default().contains(field) || e["field"] == field,
+            "{body}: {e}"
+        );
+    }
+    for query in ["?groupBy=team", "?pageSize=501", "?cycle=x"] {
+        let (st, e) = s.call("GET", &format!("{A}/costs{query}"), None);
+        assert_eq!(st, 400, "{query}: {e}");
+    }
+    assert_eq!(s.call("GET", &format!("{A}/costs?cycle=9"), None).0, 404);
+    assert_eq!(costs("")["total"]["events"], 4);
+
+    // A reset closes the cycle with its breakdown; a restart keeps both.
+    let (st, _) = s.post(&format!("{A}/reset"), json!({}));
+    assert_eq!(st, 200);
+    spend(
+        "u-alice",
+        json!({"costUsd": "0.01", "idempotencyKey": "c5", "model": "gpt-4o"}),
+    );
+    drop(s);
+    let s = env.start();
+    let (_, closed) = s.call("GET", &format!("{A}/costs?cycle=1"), None);
+    assert_eq!(rows(&closed), rows(&by_model));
+    assert_eq!(closed["total"], by_model["total"]);
+    let (_, now) = s.call("GET", &format!("{A}/costs"), None);
+    assert_eq!(
+        (now["cycle"]["number"].as_u64(), rows(&now)),
+        (Some(2), vec![row("gpt-4o", "1", "0.01", 1)])
+    );
+
+    // Metrics name the top 50 models per account and sum the rest as other:
+    // 53 models of 1 credit each, ties in key order.
+    for i in 0..52 {
+        let (st, _) = usage(
+            &s,
+            "u-bob",
+            json!({"credits": "1", "idempotencyKey": format!("m{i}"), "model": format!("m-{i:02}")}),
+        );
+        assert_eq!(st, 200);
+    }
+    let (_, metrics) = s.call("GET", "/metrics", None);
+    let metrics = metrics.as_str().unwrap().to_string();
+    let lines: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("credits_model_used{"))
+        .collect();
+    assert_eq!(lines.len(), 51, "{lines:#?}");
+    assert!(
+        lines.contains(&r#"credits_model_used{account="team/acme",model="gpt-4o"} 1.0"#),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.contains(&r#"credits_model_used{account="team/acme",model="m-48"} 1.0"#),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.contains(&r#"credits_model_used{account="team/acme",model="other"} 3.0"#),
+        "{lines:#?}"
+    );
+    assert!(
+        metrics.contains(r#"credits_group_cost_usd{account="team/acme",group="ml"} 0.01"#),
+        "{metrics}"
+    );
+}
+
+#[test]
 fn a_cadence_change_through_the_api_starts_the_next_cycle() {
     let env = Env::new();
     let server = env.start();

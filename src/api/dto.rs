@@ -2,6 +2,8 @@
 //! decimal strings; amounts in bodies may be strings or JSON numbers and
 //! are always read from their text.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
 use utoipa::openapi::{RefOr, Schema};
@@ -35,6 +37,21 @@ impl PartialSchema for AmountIn {
 
 impl ToSchema for AmountIn {}
 
+/// `tags`: at most 8 keys, string values of at most 256 characters.
+fn tags_schema() -> utoipa::openapi::schema::Object {
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            Type::Object,
+            Type::Null,
+        ]))
+        .max_properties(Some(8))
+        .additional_properties(Some(
+            ObjectBuilder::new().schema_type(Type::String).max_length(Some(256)),
+        ))
+        .description(Some("Up to 8 `key: value` tags, kept in the journal with the event."))
+        .build()
+}
+
 /// Body of `POST …/usage`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -53,6 +70,19 @@ pub struct UsageIn {
     /// When the usage happened (informational; never selects a cycle).
     #[serde(default)]
     pub occurred_at: Option<String>,
+    /// The model that served the call, for cost tracking (at most 64
+    /// characters: letters, digits and `- _ . : / @ +`).
+    #[serde(default)]
+    #[schema(example = "gpt-4o")]
+    pub model: Option<String>,
+    /// The provider that served it, named like `model`.
+    #[serde(default)]
+    #[schema(example = "openai")]
+    pub provider: Option<String>,
+    /// Up to 8 `key: value` tags, kept in the journal with the event.
+    #[serde(default)]
+    #[schema(schema_with = tags_schema)]
+    pub tags: Option<BTreeMap<String, String>>,
 }
 
 /// Credits used and left for the member after a usage event.
@@ -125,6 +155,19 @@ pub struct SettleIn {
     pub credits: Option<AmountIn>,
     #[serde(default)]
     pub cost_usd: Option<AmountIn>,
+    /// The model that served the call, for cost tracking (at most 64
+    /// characters: letters, digits and `- _ . : / @ +`).
+    #[serde(default)]
+    #[schema(example = "gpt-4o")]
+    pub model: Option<String>,
+    /// The provider that served it, named like `model`.
+    #[serde(default)]
+    #[schema(example = "openai")]
+    pub provider: Option<String>,
+    /// Up to 8 `key: value` tags, kept in the journal with the event.
+    #[serde(default)]
+    #[schema(schema_with = tags_schema)]
+    pub tags: Option<BTreeMap<String, String>>,
 }
 
 /// A hold.
@@ -435,6 +478,54 @@ pub struct DenyIn {
     /// Why the request is denied. Required.
     #[schema(min_length = 1, max_length = 1024)]
     pub reason: String,
+}
+
+/// One row of `GET …/costs`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CostItemOut {
+    /// The model, provider, group or member user id; `(none)` sums usage
+    /// that named no model (or provider), `(other)` the names past the
+    /// per-cycle bound.
+    pub key: String,
+    /// A member's display name (or email); absent for other breakdowns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Credits debited.
+    #[schema(value_type = String)]
+    pub credits: Amount,
+    /// Dollars the gateways reported (usage counted in credits adds 0).
+    #[schema(value_type = String)]
+    pub cost_usd: Amount,
+    /// Usage events and settled holds.
+    pub events: u64,
+}
+
+/// The account's sums for the cycle, whatever the breakdown.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CostTotalOut {
+    #[schema(value_type = String)]
+    pub credits: Amount,
+    #[schema(value_type = String)]
+    pub cost_usd: Amount,
+    pub events: u64,
+}
+
+/// Answer of `GET …/costs`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CostsOut {
+    /// `model`, `provider`, `group` or `member`.
+    pub group_by: String,
+    pub cycle: CycleOut,
+    /// Largest first: by credits, then dollars, then key.
+    pub items: Vec<CostItemOut>,
+    pub total: CostTotalOut,
+    pub page: u32,
+    pub page_size: u32,
+    /// Rows across all pages.
+    pub count: u64,
 }
 
 /// Body of `POST …/reset`.

@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 use rust_decimal::prelude::ToPrimitive;
 
 use crate::amount::Amount;
+use crate::ledger::costs::{breakdown, CostDimension, CostSum};
 use crate::ledger::{numbers, Ledger, Phase};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,6 +34,15 @@ struct GroupLabels {
     account: String,
     group: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    account: String,
+    model: String,
+}
+
+/// Models shown by name per account; the rest add to `model="other"`.
+pub const TOP_MODELS: usize = 50;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
@@ -98,6 +108,10 @@ impl Metrics {
         let cycle = Family::<AccountLabels, Gauge>::default();
         let group_used = Family::<GroupLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let group_remaining = Family::<GroupLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let group_cost = Family::<GroupLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let model_used = Family::<ModelLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let model_cost = Family::<ModelLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let model_events = Family::<ModelLabels, Gauge>::default();
         let requests = Family::<PhaseLabels, Gauge>::default();
         {
             let state = ledger.read();
@@ -119,6 +133,34 @@ impl Metrics {
                     group_remaining
                         .get_or_create(&labels)
                         .set(gauge_value(f.budget + f.granted - f.used));
+                    group_cost
+                        .get_or_create(&labels)
+                        .set(gauge_value(g.tally.at(account.cycle.number).cost_usd));
+                }
+                if let Some((items, _)) = breakdown(account, account.cycle.number, CostDimension::Model) {
+                    let mut other = CostSum::default();
+                    for (rank, item) in items.into_iter().enumerate() {
+                        if rank < TOP_MODELS {
+                            let labels = ModelLabels {
+                                account: id.clone(),
+                                model: item.key,
+                            };
+                            model_used.get_or_create(&labels).set(gauge_value(item.sum.credits));
+                            model_cost.get_or_create(&labels).set(gauge_value(item.sum.cost_usd));
+                            model_events.get_or_create(&labels).set(item.sum.events as i64);
+                        } else {
+                            other.merge(item.sum);
+                        }
+                    }
+                    if !other.is_empty() {
+                        let labels = ModelLabels {
+                            account: id.clone(),
+                            model: "other".to_string(),
+                        };
+                        model_used.get_or_create(&labels).set(gauge_value(other.credits));
+                        model_cost.get_or_create(&labels).set(gauge_value(other.cost_usd));
+                        model_events.get_or_create(&labels).set(other.events as i64);
+                    }
                 }
                 for phase in [Phase::Pending, Phase::Approved, Phase::Denied, Phase::AutoApproved] {
                     let n = account.requests.values().filter(|r| r.phase == phase).count();
@@ -145,6 +187,18 @@ impl Metrics {
             "Group budget plus grants minus used",
             group_remaining,
         );
+        registry.register(
+            "group_cost_usd",
+            "Dollars reported this cycle by the group's members",
+            group_cost,
+        );
+        registry.register(
+            "model_used",
+            "Credits used this cycle per model (the top 50 per account; the rest as other)",
+            model_used,
+        );
+        registry.register("model_cost_usd", "Dollars reported this cycle per model", model_cost);
+        registry.register("model_events", "Usage events this cycle per model", model_events);
         registry.register("requests", "Credit requests by phase", requests);
         let mut out = String::new();
         if encode(&mut out, &registry).is_err() {

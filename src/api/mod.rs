@@ -31,8 +31,9 @@ use jiff::Timestamp;
 use serde::de::DeserializeOwned;
 
 use crate::amount::Amount;
+use crate::ledger::costs::{breakdown, CostDimension};
 use crate::ledger::state::{Account, Member};
-use crate::ledger::{numbers, Charge, Command, Ledger, LedgerError, MemberSpec, Outcome, Phase, Verdict};
+use crate::ledger::{numbers, Charge, Command, Labels, Ledger, LedgerError, MemberSpec, Outcome, Phase, Verdict};
 use auth::Caller;
 use dto::*;
 use error::ApiError;
@@ -107,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{a}/holds/{{id}}"), axum::routing::delete(release_hold))
         .route(&format!("{a}/overview"), get(overview))
         .route(&format!("{a}/groups"), get(groups))
+        .route(&format!("{a}/costs"), get(costs))
         .route(&format!("{a}/groups/{{group}}"), patch(patch_group))
         .route(&format!("{a}/groups/{{group}}/members"), get(members))
         .route(&format!("{a}/members"), post(enrol))
@@ -418,6 +420,11 @@ async fn usage(
         charge,
         key: b.idempotency_key,
         occurred_at,
+        labels: Labels {
+            model: b.model,
+            provider: b.provider,
+            tags: b.tags.unwrap_or_default(),
+        },
     };
     match s.ledger.execute(command).await? {
         Outcome::Usage(r) => Ok(Json(UsageOut {
@@ -495,6 +502,11 @@ async fn settle_hold(
         account: account_id(&ns, &account),
         id,
         charge: charge(b.credits, b.cost_usd)?,
+        labels: Labels {
+            model: b.model,
+            provider: b.provider,
+            tags: b.tags.unwrap_or_default(),
+        },
     };
     match s.ledger.execute(command).await? {
         Outcome::Hold(h) => Ok(Json(hold_out(h))),
@@ -598,6 +610,72 @@ async fn groups(
     };
     Ok(Json(GroupsOut {
         items: items.into_iter().map(group_out).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/accounts/{account}/costs", tag = "figures",
+    params(("ns" = String, Path, description = "The namespace of the account", example = "ml-platform"), ("account" = String, Path, description = "The CreditAccount name", example = "acme"),
+        ("groupBy" = Option<String>, Query, description = "model (default), provider, group or member"),
+        ("cycle" = Option<u64>, Query, description = "a closed cycle"), ("page" = Option<u32>, Query), ("pageSize" = Option<u32>, Query)),
+    responses((status = 200, body = CostsOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut),
+        (status = 404, body = ErrorOut)))]
+async fn costs(
+    State(s): State<AppState>,
+    Path((ns, account)): Path<(String, String)>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Result<Json<CostsOut>, ApiError> {
+    let id = account_id(&ns, &account);
+    let params = Params(params);
+    let by_text = params.0.get("groupBy").map(String::as_str).unwrap_or("model");
+    let by = CostDimension::parse(by_text).ok_or_else(|| {
+        let shown: String = by_text.chars().take(40).collect();
+        ApiError::bad_field(
+            "groupBy",
+            format!("must be model, provider, group or member, got {shown:?}"),
+        )
+    })?;
+    let (page_no, size) = params.paging()?;
+    s.ledger.catch_up(Some(&id)).await?;
+    let state = s.ledger.read();
+    let acct = state.active_account(&id)?;
+    let cycle = cycle_param(&params, acct)?;
+    let (items, total) =
+        breakdown(acct, cycle, by).ok_or_else(|| ApiError::not_found(format!("cycle {cycle} not found")))?;
+    let window = if cycle == acct.cycle.number {
+        acct.cycle
+    } else {
+        acct.closed
+            .iter()
+            .find(|c| c.window.number == cycle)
+            .map(|c| c.window)
+            .unwrap_or(acct.cycle)
+    };
+    let (items, count) = page(items, page_no, size);
+    Ok(Json(CostsOut {
+        group_by: by_text.to_string(),
+        cycle: CycleOut {
+            number: window.number,
+            start: rfc3339(window.start),
+            end: rfc3339(window.end),
+        },
+        items: items
+            .into_iter()
+            .map(|i| CostItemOut {
+                key: i.key,
+                label: i.label,
+                credits: i.sum.credits,
+                cost_usd: i.sum.cost_usd,
+                events: i.sum.events,
+            })
+            .collect(),
+        total: CostTotalOut {
+            credits: total.credits,
+            cost_usd: total.cost_usd,
+            events: total.events,
+        },
+        page: page_no,
+        page_size: size,
+        count,
     }))
 }
 

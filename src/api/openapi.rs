@@ -9,7 +9,7 @@ use super::*;
 #[openapi(
     info(title = "credit-operator API", version = "v1",
         description = "Record usage, authorize spending, read the credit figures and decide credit requests."),
-    paths(usage, authorize, open_hold, settle_hold, release_hold, overview, groups, members, enrol,
+    paths(usage, authorize, open_hold, settle_hold, release_hold, overview, groups, costs, members, enrol,
         list_requests, create_request, approve, deny, reset, patch_member, patch_group, patch_settings, events,
         accounts, whoami, healthz, readyz, metrics_text),
     modifiers(&BearerAuth),

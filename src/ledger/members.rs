@@ -10,6 +10,7 @@ use std::hash::BuildHasher;
 use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
 
+use super::costs::{CostSum, Spend};
 use super::model::MemberSpec;
 use crate::amount::Amount;
 
@@ -19,6 +20,20 @@ pub struct MemberTally {
     pub cycle: u64,
     pub used: Amount,
     pub granted: Amount,
+    /// Dollars reported by the usage behind `used`.
+    #[serde(default, skip_serializing_if = "no_amount")]
+    pub cost_usd: Amount,
+    /// Usage events and settled holds behind `used`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub events: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn no_amount(a: &Amount) -> bool {
+    a.is_zero()
 }
 
 impl MemberTally {
@@ -33,6 +48,22 @@ impl MemberTally {
             }
         }
     }
+
+    /// What the member spent in this tally's cycle.
+    pub fn spent(&self) -> CostSum {
+        CostSum {
+            credits: self.used,
+            cost_usd: self.cost_usd,
+            events: self.events,
+        }
+    }
+
+    /// Counts one debit.
+    pub fn add(&mut self, spend: Spend) {
+        self.used += spend.credits;
+        self.cost_usd = self.cost_usd.saturating_add(spend.cost_usd);
+        self.events = self.events.saturating_add(1);
+    }
 }
 
 /// A closed cycle of a member.
@@ -43,6 +74,20 @@ pub struct MemberCycle {
     pub extra: Amount,
     pub used: Amount,
     pub granted: Amount,
+    #[serde(default, skip_serializing_if = "no_amount")]
+    pub cost_usd: Amount,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub events: u64,
+}
+
+impl MemberCycle {
+    pub fn spent(&self) -> CostSum {
+        CostSum {
+            credits: self.used,
+            cost_usd: self.cost_usd,
+            events: self.events,
+        }
+    }
 }
 
 /// Name, user id, email, display name and group in one string.
@@ -296,13 +341,15 @@ impl Member {
                 ..MemberTally::default()
             },
         );
-        if old.cycle != 0 && (!old.used.is_zero() || !old.granted.is_zero()) {
+        if old.cycle != 0 && (!old.used.is_zero() || !old.granted.is_zero() || old.events > 0) {
             let record = MemberCycle {
                 group: self.group().unwrap_or(default_group).to_string(),
                 monthly: self.monthly(),
                 extra: self.extra_credits,
                 used: old.used,
                 granted: old.granted,
+                cost_usd: old.cost_usd,
+                events: old.events,
             };
             self.history
                 .get_or_insert_with(Default::default)

@@ -3,11 +3,13 @@
 //! - [`model`]: the vocabulary — settings, commands, journal events, answers.
 //! - [`state`]: the deterministic state machine; commands in, events out.
 //! - [`numbers`]: every figure users see, computed in one place.
+//! - [`costs`]: usage labels (model, provider, tags) and cost breakdowns.
 //! - [`journal`]: the durable, append-only journal and its snapshots, on
 //!   [`sqlite`] or [`postgres`].
 //! - [`writer`]: the single writer that applies commands in order and
 //!   group-commits their events before anyone gets an answer.
 
+pub mod costs;
 pub mod error;
 pub mod journal;
 pub mod members;

@@ -5,6 +5,7 @@ use jiff::civil::DateTime;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+pub use super::costs::Labels;
 use super::error::LedgerError;
 use crate::amount::Amount;
 use crate::cycle::{time_zone, Cadence, CycleWindow};
@@ -289,6 +290,8 @@ pub enum Command {
         charge: Charge,
         key: String,
         occurred_at: Option<Timestamp>,
+        /// Model, provider and tags, for cost tracking.
+        labels: Labels,
     },
     /// Submit a request; `uid` keys it (re-submitting the same uid is a no-op).
     SubmitRequest {
@@ -317,6 +320,7 @@ pub enum Command {
         account: AccountId,
         id: String,
         charge: Charge,
+        labels: Labels,
     },
     ReleaseHold {
         account: AccountId,
@@ -374,6 +378,8 @@ pub enum Event {
         credits: Amount,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         occurred_at: Option<Timestamp>,
+        #[serde(default, skip_serializing_if = "Labels::is_empty")]
+        labels: Labels,
     },
     RequestSubmitted {
         uid: String,
@@ -400,6 +406,8 @@ pub enum Event {
         id: String,
         charge: Charge,
         credits: Amount,
+        #[serde(default, skip_serializing_if = "Labels::is_empty")]
+        labels: Labels,
     },
     HoldReleased {
         id: String,

@@ -16,6 +16,7 @@ use jiff::civil::DateTime;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
+use super::costs::{CostSum, CycleCosts, Labels, Spend};
 use super::error::LedgerError;
 use super::model::*;
 use super::numbers;
@@ -36,6 +37,12 @@ pub struct Tally {
     pub granted: Amount,
     /// Credits granted by auto-approval (groups only).
     pub auto_granted: Amount,
+    /// Dollars reported by the usage behind `used`.
+    #[serde(default)]
+    pub cost_usd: Amount,
+    /// Usage events and settled holds behind `used`.
+    #[serde(default)]
+    pub events: u64,
 }
 
 impl Tally {
@@ -49,6 +56,21 @@ impl Tally {
                 ..Tally::default()
             }
         }
+    }
+
+    /// What was spent in this tally's cycle.
+    pub fn spent(&self) -> CostSum {
+        CostSum {
+            credits: self.used,
+            cost_usd: self.cost_usd,
+            events: self.events,
+        }
+    }
+
+    fn add(&mut self, spend: Spend) {
+        self.used += spend.credits;
+        self.cost_usd = self.cost_usd.saturating_add(spend.cost_usd);
+        self.events = self.events.saturating_add(1);
     }
 
     /// Moves the tally to `cycle`, returning the figures it held before
@@ -89,6 +111,20 @@ pub struct ClosedGroup {
     pub used: Amount,
     pub granted: Amount,
     pub auto_granted: Amount,
+    #[serde(default)]
+    pub cost_usd: Amount,
+    #[serde(default)]
+    pub events: u64,
+}
+
+impl ClosedGroup {
+    pub fn spent(&self) -> CostSum {
+        CostSum {
+            credits: self.used,
+            cost_usd: self.cost_usd,
+            events: self.events,
+        }
+    }
 }
 
 /// An account's cycle after it closed.
@@ -98,6 +134,23 @@ pub struct ClosedCycle {
     pub credits_per_cycle: Amount,
     pub used: Amount,
     pub groups: Vec<ClosedGroup>,
+    #[serde(default)]
+    pub cost_usd: Amount,
+    #[serde(default)]
+    pub events: u64,
+    /// Sums by model and provider.
+    #[serde(default)]
+    pub costs: CycleCosts,
+}
+
+impl ClosedCycle {
+    pub fn spent(&self) -> CostSum {
+        CostSum {
+            credits: self.used,
+            cost_usd: self.cost_usd,
+            events: self.events,
+        }
+    }
 }
 
 /// A credit request as the ledger knows it.
@@ -206,6 +259,14 @@ pub struct Account {
     pub reset_mark: Option<Timestamp>,
     /// Credits used this cycle by everyone, removed members included.
     pub used: Amount,
+    /// Dollars reported this cycle, and the events behind `used`.
+    #[serde(default)]
+    pub cost_usd: Amount,
+    #[serde(default)]
+    pub events: u64,
+    /// This cycle's sums by model and provider.
+    #[serde(default)]
+    pub costs: CycleCosts,
     pub held: Amount,
     pub closed: Vec<ClosedCycle>,
     pub groups: BTreeMap<String, Group>,
@@ -235,6 +296,9 @@ impl Account {
             last_reset: None,
             reset_mark: None,
             used: Amount::ZERO,
+            cost_usd: Amount::ZERO,
+            events: 0,
+            costs: CycleCosts::default(),
             held: Amount::ZERO,
             closed: Vec::new(),
             groups: BTreeMap::new(),
@@ -251,6 +315,15 @@ impl Account {
     pub fn schedule(&self) -> Result<Schedule, LedgerError> {
         let tz = time_zone(&self.settings.timezone).map_err(|e| LedgerError::field("spec.timezone", e))?;
         Ok(Schedule::new(self.settings.cadence, self.anchor, self.anchor_wall, tz))
+    }
+
+    /// What everyone spent this cycle, removed members included.
+    pub fn spent(&self) -> CostSum {
+        CostSum {
+            credits: self.used,
+            cost_usd: self.cost_usd,
+            events: self.events,
+        }
     }
 
     /// The group a member counts in.
@@ -302,11 +375,17 @@ impl Account {
         let scale = |a: Amount| Amount::from_decimal(a.decimal() * s.decimal());
         group.tally.used += scale(tally.used);
         group.tally.granted += scale(tally.granted);
+        group.tally.cost_usd = group.tally.cost_usd.saturating_add(scale(tally.cost_usd));
+        group.tally.events = if sign > 0 {
+            group.tally.events.saturating_add(tally.events)
+        } else {
+            group.tally.events.saturating_sub(tally.events)
+        };
         group.held += scale(held);
     }
 
-    /// Debits `credits` from a member (its group when active) and the account.
-    fn debit(&mut self, user_id: &str, credits: Amount) {
+    /// Debits a spend from a member (its group when active) and the account.
+    fn debit(&mut self, user_id: &str, spend: Spend) {
         if self.member_entry(user_id).is_none() {
             return;
         }
@@ -318,21 +397,23 @@ impl Account {
             ..
         } = self;
         let Some(member) = members.get_mut(user_id) else { return };
-        member.tally.used += credits;
+        member.tally.add(spend);
         if member.active {
             let group = member.group().unwrap_or(&settings.default_group);
             match groups.get_mut(group) {
                 Some(g) => {
                     g.tally.roll(cycle);
-                    g.tally.used += credits;
+                    g.tally.add(spend);
                 }
                 None => {
                     let group = group.to_string();
-                    self.group_entry(&group).tally.used += credits;
+                    self.group_entry(&group).tally.add(spend);
                 }
             }
         }
-        self.used += credits;
+        self.used += spend.credits;
+        self.cost_usd = self.cost_usd.saturating_add(spend.cost_usd);
+        self.events = self.events.saturating_add(1);
     }
 
     /// Changes the credits held for a member, its group and the account.
@@ -397,7 +478,8 @@ impl Emitter<'_> {
 }
 
 /// What idempotency compares: the body's decimal values, not its text.
-/// The member id is kept as a stable 64-bit hash to keep keys small.
+/// The member id and the labels are kept as stable 64-bit hashes to keep
+/// keys small.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fingerprint {
     /// 0 usage, 1 hold.
@@ -405,21 +487,41 @@ pub struct Fingerprint {
     pub member: u64,
     pub charge: Charge,
     pub ttl: u64,
+    /// [`Labels::digest`]; 0 without labels (and in older snapshots).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub labels: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The spend a usage or settlement counts for costs: the credits debited
+/// and the dollars the caller reported.
+fn spend_of(charge: Charge, credits: Amount) -> Spend {
+    Spend {
+        credits,
+        cost_usd: match charge {
+            Charge::CostUsd(usd) => usd,
+            Charge::Credits(_) => Amount::ZERO,
+        },
+    }
 }
 
 /// FNV-1a: stable across builds, unlike the standard library's hasher.
-fn stable_hash(text: &str) -> u64 {
+pub(crate) fn stable_hash(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
 
-fn fingerprint_usage(member: &str, charge: Charge) -> Fingerprint {
+fn fingerprint_usage(member: &str, charge: Charge, labels: &Labels) -> Fingerprint {
     Fingerprint {
         kind: 0,
         member: stable_hash(member),
         charge,
         ttl: 0,
+        labels: labels.digest(),
     }
 }
 
@@ -429,6 +531,7 @@ fn fingerprint_hold(member: &str, charge: Charge, ttl: u64) -> Fingerprint {
         member: stable_hash(member),
         charge,
         ttl,
+        labels: 0,
     }
 }
 
@@ -535,9 +638,14 @@ impl State {
                                     used: t.used,
                                     granted: t.granted,
                                     auto_granted: t.auto_granted,
+                                    cost_usd: t.cost_usd,
+                                    events: t.events,
                                 }
                             })
                             .collect(),
+                        cost_usd: account.cost_usd,
+                        events: account.events,
+                        costs: std::mem::take(&mut account.costs),
                     });
                 }
                 account.cycle = CycleWindow {
@@ -548,6 +656,9 @@ impl State {
                 account.anchor = *anchor;
                 account.anchor_wall = *anchor_wall;
                 account.used = Amount::ZERO;
+                account.cost_usd = Amount::ZERO;
+                account.events = 0;
+                account.costs = CycleCosts::default();
                 account.last_reset = Some(LastReset { at, reason: *reason });
                 if mark.is_some() {
                     account.reset_mark = *mark;
@@ -588,15 +699,18 @@ impl State {
                 member,
                 charge,
                 credits,
+                labels,
                 ..
             } => {
-                account.debit(member, *credits);
+                let spend = spend_of(*charge, *credits);
+                account.debit(member, spend);
+                account.costs.record(labels, spend);
                 if let Some(key) = &entry.key {
                     let receipt = account.usage_receipt(member, *credits);
                     account.keys.insert(
                         key.clone(),
                         KeyRecord {
-                            fingerprint: fingerprint_usage(member, *charge),
+                            fingerprint: fingerprint_usage(member, *charge, labels),
                             answer: KeyAnswer::Usage(receipt),
                         },
                     );
@@ -698,7 +812,12 @@ impl State {
                     );
                 }
             }
-            Event::HoldSettled { id, credits, .. } => {
+            Event::HoldSettled {
+                id,
+                charge,
+                credits,
+                labels,
+            } => {
                 let Some(hold) = account.holds.get_mut(id) else { return };
                 let was_open = hold.state == HoldState::Open;
                 hold.state = HoldState::Settled;
@@ -708,7 +827,9 @@ impl State {
                     account.expiries.remove(&(expires, id.clone()));
                     account.hold_delta(&member, Amount::ZERO - held);
                 }
-                account.debit(&member, *credits);
+                let spend = spend_of(*charge, *credits);
+                account.debit(&member, spend);
+                account.costs.record(labels, spend);
             }
             Event::HoldReleased { id } | Event::HoldExpired { id } => {
                 let Some(hold) = account.holds.get_mut(id) else { return };
@@ -990,15 +1111,20 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
             charge,
             key,
             occurred_at,
+            labels,
         } => {
             check_key(&key)?;
             check_name("member", &member)?;
             charge.validate()?;
+            labels.validate()?;
             let acct = em.state.active_account(&account)?;
             // A replay answers the first answer, whatever changed since (a
             // creditFactor change must not turn a retry into a 400).
             if let Some(record) = acct.keys.get(&key) {
-                return match (&record.answer, record.fingerprint == fingerprint_usage(&member, charge)) {
+                return match (
+                    &record.answer,
+                    record.fingerprint == fingerprint_usage(&member, charge, &labels),
+                ) {
                     (KeyAnswer::Usage(receipt), true) => Ok(Outcome::Usage(UsageReceipt {
                         duplicate: true,
                         ..receipt.clone()
@@ -1017,6 +1143,7 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
                 charge,
                 credits,
                 occurred_at,
+                labels,
             };
             em.emit(&account, Some(key.clone()), event);
             match &em.state.accounts[&account].keys[&key].answer {
@@ -1187,7 +1314,13 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
             em.emit(&account, Some(key), event);
             Ok(Outcome::Hold(em.state.accounts[&account].holds[&id].view(false)))
         }
-        Command::SettleHold { account, id, charge } => {
+        Command::SettleHold {
+            account,
+            id,
+            charge,
+            labels,
+        } => {
+            labels.validate()?;
             let acct = em.state.active_account(&account)?;
             let credits = credits_for(acct, charge)?;
             let hold = acct
@@ -1223,6 +1356,7 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
                     id: id.clone(),
                     charge,
                     credits,
+                    labels,
                 },
             );
             Ok(Outcome::Hold(em.state.accounts[&account].holds[&id].view(false)))

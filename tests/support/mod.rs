@@ -155,6 +155,7 @@ impl Fixture {
 
     pub fn usage(&self, user: &str, credits: &str, key: &str) -> Result<UsageReceipt, LedgerError> {
         match self.run(Command::RecordUsage {
+            labels: Default::default(),
             account: ACCOUNT.into(),
             member: user.into(),
             charge: Charge::Credits(amt(credits)),

@@ -518,11 +518,74 @@ test('token sign-in: an admin token signs in; a gateway token gets read-only pag
   } finally { s.stop(); }
 });
 
+test('cost: usage by model, provider, group and member with a chart, past cycles, and live', async () => {
+  const s = await startServer();
+  try {
+    const spend = async (body) => {
+      const r = await s.api('POST', `${A}/usage`, body);
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+    };
+    // Factor 100: a dollar is 100 credits.
+    await spend({ member: 'u-1001', costUsd: '1.5', idempotencyKey: 'cost-1', model: 'gpt-4o', provider: 'openai' });
+    await spend({ member: 'u-1002', costUsd: '2.25', idempotencyKey: 'cost-2', model: 'claude-3.5-sonnet', provider: 'anthropic' });
+    await spend({ member: 'u-1001', costUsd: '0.5', idempotencyKey: 'cost-3', model: 'gpt-4o', provider: 'openai' });
+    await spend({ member: 'u-1002', credits: '10', idempotencyKey: 'cost-4' });
+    const page = await open(s);
+    await page.getByRole('tab', { name: 'Cost' }).click();
+    const api = await s.get(`${A}/costs?groupBy=model`);
+    assert.deepEqual(api.total, { credits: '435', costUsd: '4.25', events: 4 });
+    assert.equal(await page.locator('#cost-credits').innerText(), '435');
+    assert.equal(await page.locator('#cost-usd').innerText(), '$4.25');
+    assert.equal(await page.locator('#cost-events').innerText(), '4');
+    const rows = async () => (await page.locator('#cost-table tbody tr').evaluateAll(
+      (trs) => trs.map((tr) => [...tr.querySelectorAll('th, td')].map((c) => c.innerText.replace(/\s+/g, ' ').trim()))));
+    assert.deepEqual(await rows(), [
+      ['claude-3.5-sonnet', '225', '$2.25', '1'],
+      ['gpt-4o', '200', '$2', '2'],
+      ['(none)', '10', '$0', '1'],
+    ]);
+    assert.deepEqual(await rows(), api.items.map((i) => [i.key, fmt(i.credits), `$${fmt(i.costUsd)}`, String(i.events)]));
+    assert.equal(await page.locator('#cost-chart svg rect.chart-used').count(), 3);
+    assert.match(await page.locator('#cost-chart-desc').textContent(), /gpt-4o: 200 credits, \$2/);
+    assert.equal(await page.locator('#cost-pager-text').innerText(), '1–3 of 3');
+    if (shots) await page.screenshot({ path: join(shots, 'cost.png'), fullPage: true });
+
+    await page.getByLabel('Group by').selectOption('provider');
+    await page.waitForFunction(() => document.getElementById('cost-key-head').textContent === 'Provider');
+    assert.deepEqual((await rows()).map((r) => r[0]), ['anthropic', 'openai', '(none)']);
+    await page.getByLabel('Group by').selectOption('member');
+    await page.waitForFunction(() => document.getElementById('cost-key-head').textContent === 'Member');
+    const members = await s.get(`${A}/costs?groupBy=member`);
+    assert.deepEqual(await rows(), members.items.map((i) => [`${i.label} ${i.key}`, fmt(i.credits), `$${fmt(i.costUsd)}`, String(i.events)]));
+    assert.equal(members.items[0].key, 'u-1002');
+    await page.getByLabel('Group by').selectOption('group');
+    await page.waitForFunction(() => document.getElementById('cost-key-head').textContent === 'Group');
+    assert.deepEqual(await rows(), [['research', '435', '$4.25', '4']]);
+
+    // Live: usage from outside shows without a reload.
+    await spend({ member: 'u-1001', costUsd: '0.01', idempotencyKey: 'cost-5', model: 'gpt-4o' });
+    await page.waitForFunction(() => document.getElementById('cost-events').textContent === '5', null, { timeout: 5000 });
+    assert.deepEqual(await rows(), [['research', '436', '$4.26', '5']]);
+
+    // After a reset the past cycle stays readable.
+    const reset = await s.api('POST', `${A}/reset`, {});
+    assert.equal(reset.status, 200);
+    await page.waitForFunction(() => document.getElementById('cost-events').textContent === '0', null, { timeout: 5000 });
+    assert.equal(await page.locator('#cost-chart').innerText(), 'No usage in this cycle yet.');
+    await page.getByLabel('Cycle', { exact: true }).selectOption('1');
+    await page.waitForFunction(() => document.getElementById('cost-events').textContent === '5');
+    assert.match(await page.locator('#cost-window').innerText(), /^Cycle 1: /);
+    assert.deepEqual(await rows(), [['research', '436', '$4.26', '5']]);
+    assert.deepEqual(page.problems, []);
+  } finally { s.stop(); }
+});
+
 test('at 390 px wide no tab scrolls sideways', async () => {
   const s = await startServer();
   try {
     const page = await open(s, { width: 390, height: 844 });
-    for (const tab of ['Overview', 'Allocations', 'Requests', 'Settings']) {
+    await s.api('POST', `${A}/usage`, { member: 'u-1001', costUsd: '1', idempotencyKey: 'phone-1', model: 'a-rather-long-model-name-from-a-provider@2026-01-01' });
+    for (const tab of ['Overview', 'Allocations', 'Requests', 'Settings', 'Cost']) {
       await page.getByRole('tab', { name: tab }).click();
       if (tab === 'Requests') await page.locator('#requests-table tbody tr').first().click();
       const [scroll, inner] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
@@ -543,7 +606,10 @@ test('keyboard: arrow keys move between tabs and the selected tab is announced',
     assert.equal(await page.evaluate(() => document.activeElement.id), 'tab-allocations');
     assert.equal(await page.locator('#panel-allocations').isVisible(), true);
     await page.keyboard.press('End');
+    assert.equal(await page.getByRole('tab', { name: 'Cost' }).getAttribute('aria-selected'), 'true');
+    await page.keyboard.press('ArrowLeft');
     assert.equal(await page.getByRole('tab', { name: 'Settings' }).getAttribute('aria-selected'), 'true');
+    await page.keyboard.press('End');
     await page.keyboard.press('ArrowRight');
     assert.equal(await page.getByRole('tab', { name: 'Overview' }).getAttribute('aria-selected'), 'true');
   } finally { s.stop(); }
