@@ -3,13 +3,10 @@
 # package, driven by playwright-core from npm; no browser download).
 # Usage: .ci/ui.sh PATH_TO_BINARY [SCREENSHOT_DIR]
 # With SCREENSHOT_DIR the suite also writes the screenshots of docs/console.md.
+# (The console in a cluster, with Kubernetes tokens, runs from
+# tests/cluster.rs: tests/ui/cluster.mjs.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(realpath "${1:-target/release/credit-operator}")
-if ! command -v chromium > /dev/null; then
-    if [ "$(id -u)" = 0 ]; then apt=apt-get; else apt="sudo apt-get"; fi
-    $apt update -qq
-    DEBIAN_FRONTEND=noninteractive $apt install -y -qq chromium > /dev/null
-fi
-(cd tests/ui && npm ci --no-audit --no-fund --silent)
+.ci/browser.sh
 node tests/ui/console.mjs "$bin" ${2:+"$2"}

@@ -1863,3 +1863,60 @@ fn ten_thousand_members_converge_from_a_cold_start() {
     );
     operator.assert_no_forbidden();
 }
+
+/// Node, playwright-core (`npm ci` in tests/ui) and Chromium, or why not.
+fn browser_tools() -> Result<PathBuf, String> {
+    let ui = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ui");
+    if !ui.join("node_modules/playwright-core").exists() {
+        return Err("tests/ui/node_modules is missing (run `npm ci` in tests/ui)".into());
+    }
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !std::path::Path::new(&chromium).exists() {
+        return Err(format!("no Chromium at {chromium}"));
+    }
+    match Command::new("node").arg("--version").output() {
+        Ok(o) if o.status.success() => Ok(ui),
+        _ => Err("node is not installed".into()),
+    }
+}
+
+#[test]
+fn the_console_signs_in_with_kubernetes_tokens_and_rbac_decides_its_edits() {
+    let ui = match browser_tools() {
+        Ok(ui) => ui,
+        Err(why) if std::env::var("CREDITS_REQUIRE_BROWSER").as_deref() == Ok("1") => {
+            panic!("CREDITS_REQUIRE_BROWSER=1 but {why}")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED: no browser for this test: {why}");
+            return;
+        }
+    };
+    let cluster = Cluster::with_examples(control_plane!());
+    let operator = cluster.operator(&OperatorRun::sqlite(&cluster));
+    cluster.wait_for_status("creditgroups", "research", |s| s["budget"] == "45000");
+    let viewer = cluster.api_client("dashboard", &["credit-viewer"]);
+    let editor = cluster.api_client("platform", &["credit-viewer", "credit-editor"]);
+    let spec = |plural: &str, name: &str| cluster.plane.object(plural, NS, name).unwrap()["spec"].clone();
+
+    let out = Command::new("node")
+        .arg(ui.join("cluster.mjs"))
+        .env("CONSOLE_URL", operator.base())
+        .env("VIEWER_TOKEN", &viewer)
+        .env("EDITOR_TOKEN", &editor)
+        .output()
+        .expect("run node");
+    let printed = text(&out);
+    eprintln!("{printed}");
+    assert!(out.status.success(), "the console steps failed:\n{printed}");
+    assert!(printed.trim_end().ends_with("5 passed"), "{printed}");
+    // The viewer's refused edit changed nothing; the editor's landed on the
+    // resource, and the operator's status follows.
+    assert_eq!(spec("creditgroups", "research")["monthlyCredits"], "41000");
+    cluster.wait_for_status("creditgroups", "research", |s| s["budget"] == "46000");
+    let log = operator.log();
+    assert!(
+        !log.contains(&viewer) && !log.contains(&editor),
+        "a token in the operator's log"
+    );
+}
