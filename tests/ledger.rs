@@ -214,6 +214,42 @@ on_both_backends! {
         assert_eq!(acct.cycle.end, t("2026-11-30T15:00:00Z"));
     }
 
+    fn a_timezone_change_past_the_new_zones_boundary_resets_once_and_skips_none(db: &Db) {
+        // UTC → Asia/Tokyo at 2026-03-31T20:00Z: in Tokyo April began at
+        // 15:00Z, inside this cycle, so it resets now, once; then every
+        // Tokyo boundary resets once (April 30 15:00Z, May 31 15:00Z).
+        let f = Fixture::new(db);
+        f.clock.set(t("2026-03-01T00:00:00Z"));
+        f.account_with("1000", "CalendarMonth", "UTC", "1", "0");
+        f.group("default", "1000", "0", "0");
+        f.member("alice", None, Some("500"), "0");
+        f.usage("u-alice", "300", "a").unwrap();
+        assert_eq!(f.account_figures().cycle.end, t("2026-04-01T00:00:00Z"));
+        f.clock.set(t("2026-03-31T20:00:00Z"));
+        f.account_with("1000", "CalendarMonth", "Asia/Tokyo", "1", "0");
+        let acct = f.account_figures();
+        assert_eq!((acct.cycle.number, acct.used), (2, amt("0")));
+        assert_eq!((acct.cycle.start, acct.cycle.end), (t("2026-03-31T15:00:00Z"), t("2026-04-30T15:00:00Z")));
+        f.ok(Command::Tick { account: None });
+        assert_eq!(f.account_figures().cycle.number, 2, "no second reset for the same boundary");
+        f.clock.set(t("2026-04-01T00:00:00Z"));
+        f.ok(Command::Tick { account: None });
+        assert_eq!(f.account_figures().cycle.number, 2, "the old zone's boundary no longer counts");
+        f.clock.set(t("2026-04-30T15:00:00Z"));
+        f.ok(Command::Tick { account: None });
+        assert_eq!((f.account_figures().cycle.number, f.account_figures().cycle.end), (3, t("2026-05-31T15:00:00Z")));
+
+        // UTC → America/Los_Angeles mid-month: LA's March began 8 hours
+        // after this cycle did; that is the same March, not a new cycle.
+        let g = Fixture::new(&support::sqlite_db());
+        g.clock.set(t("2026-03-01T00:00:00Z"));
+        g.account_with("1000", "CalendarMonth", "UTC", "1", "0");
+        g.clock.set(t("2026-03-15T12:00:00Z"));
+        g.account_with("1000", "CalendarMonth", "America/Los_Angeles", "1", "0");
+        let acct = g.account_figures();
+        assert_eq!((acct.cycle.number, acct.cycle.end), (1, t("2026-04-01T07:00:00Z")));
+    }
+
     fn requests_auto_approve_from_the_reserve_then_wait_for_an_admin(db: &Db) {
         let f = Fixture::new(db);
         standard(&f);

@@ -959,6 +959,8 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
                 Some(existing) => {
                     let cadence_changed = existing.settings.cadence != settings.cadence;
                     let tz_changed = existing.settings.timezone != settings.timezone;
+                    // The period of the old zone's schedule this cycle is in.
+                    let period = existing.schedule()?.index_at(existing.cycle.start);
                     let (number, cycle_start) = (existing.cycle.number, existing.cycle.start);
                     let (anchor, anchor_wall) = (existing.anchor, existing.anchor_wall);
                     em.emit(
@@ -982,10 +984,17 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
                         };
                         em.emit(&id, None, started);
                     } else if tz_changed {
-                        // Same cycle, same start; its end follows the
-                        // anchor's wall-clock time in the new zone.
+                        // Same cycle, same start; it ends where the new
+                        // zone ends its period. If the new zone passed
+                        // that boundary already, inside this cycle, it is
+                        // due now (one reset, by catch_up below): no
+                        // boundary of the new zone is skipped.
                         let schedule = Schedule::new(settings.cadence, anchor, anchor_wall, tz);
-                        let end = schedule.next_after(cycle_start.max(now));
+                        let end = match schedule.boundary(period + 1) {
+                            Some(b) if b > now => b,
+                            Some(b) if b > cycle_start => now,
+                            _ => schedule.next_after(cycle_start.max(now)),
+                        };
                         em.emit(&id, None, Event::CycleRetimed { end });
                     }
                     catch_up(em, &id)?;
