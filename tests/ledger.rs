@@ -585,7 +585,7 @@ on_both_backends! {
 
         let rows = |f: &Fixture, cycle: u64, by: CostDimension| {
             let state = f.state();
-            let (items, total) = breakdown(&state.accounts[ACCOUNT], cycle, by).expect("cycle exists");
+            let credit_operator::ledger::costs::Breakdown { items, total, .. } = breakdown(&state.accounts[ACCOUNT], cycle, by).expect("cycle exists");
             let items: Vec<(String, String, String, u64)> = items.into_iter().map(|i| (i.key, i.sum.credits.to_string(), i.sum.cost_usd.to_string(), i.sum.events)).collect();
             (items, (total.credits.to_string(), total.cost_usd.to_string(), total.events))
         };

@@ -254,7 +254,8 @@ fn check_identities(state: &State) -> Result<(), TestCaseError> {
     // Every cost breakdown covers the cycle's spending exactly once.
     use credit_operator::ledger::costs::{breakdown, CostDimension};
     for by in [CostDimension::Model, CostDimension::Provider, CostDimension::Member] {
-        let (items, total) = breakdown(acct, cycle, by).expect("the current cycle");
+        let credit_operator::ledger::costs::Breakdown { items, total, .. } =
+            breakdown(acct, cycle, by).expect("the current cycle");
         prop_assert_eq!(total.credits, acct.used);
         prop_assert_eq!(
             items.iter().map(|i| i.sum.credits).sum::<Amount>(),

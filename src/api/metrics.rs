@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 use rust_decimal::prelude::ToPrimitive;
 
 use crate::amount::Amount;
-use crate::ledger::costs::{breakdown, CostDimension, CostSum};
+use crate::ledger::costs::{breakdown, Breakdown, CostDimension, CostSum};
 use crate::ledger::{numbers, Ledger, Phase};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -137,7 +137,7 @@ impl Metrics {
                         .get_or_create(&labels)
                         .set(gauge_value(g.tally.at(account.cycle.number).cost_usd));
                 }
-                if let Some((items, _)) = breakdown(account, account.cycle.number, CostDimension::Model) {
+                if let Some(Breakdown { items, .. }) = breakdown(account, account.cycle.number, CostDimension::Model) {
                     let mut other = CostSum::default();
                     for (rank, item) in items.into_iter().enumerate() {
                         if rank < TOP_MODELS {

@@ -31,7 +31,7 @@ use jiff::Timestamp;
 use serde::de::DeserializeOwned;
 
 use crate::amount::Amount;
-use crate::ledger::costs::{breakdown, CostDimension};
+use crate::ledger::costs::{breakdown, Breakdown, CostDimension};
 use crate::ledger::state::{Account, Member};
 use crate::ledger::{numbers, Charge, Command, Labels, Ledger, LedgerError, MemberSpec, Outcome, Phase, Verdict};
 use auth::Caller;
@@ -267,6 +267,15 @@ fn charge(credits: Option<AmountIn>, cost_usd: Option<AmountIn>) -> Result<Charg
     }
 }
 
+/// The cost labels of a usage or settlement body (checked by the ledger).
+fn labels(model: Option<String>, provider: Option<String>, tags: Option<BTreeMap<String, String>>) -> Labels {
+    Labels {
+        model,
+        provider,
+        tags: tags.unwrap_or_default(),
+    }
+}
+
 fn unexpected(outcome: Outcome) -> ApiError {
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -420,11 +429,7 @@ async fn usage(
         charge,
         key: b.idempotency_key,
         occurred_at,
-        labels: Labels {
-            model: b.model,
-            provider: b.provider,
-            tags: b.tags.unwrap_or_default(),
-        },
+        labels: labels(b.model, b.provider, b.tags),
     };
     match s.ledger.execute(command).await? {
         Outcome::Usage(r) => Ok(Json(UsageOut {
@@ -502,11 +507,7 @@ async fn settle_hold(
         account: account_id(&ns, &account),
         id,
         charge: charge(b.credits, b.cost_usd)?,
-        labels: Labels {
-            model: b.model,
-            provider: b.provider,
-            tags: b.tags.unwrap_or_default(),
-        },
+        labels: labels(b.model, b.provider, b.tags),
     };
     match s.ledger.execute(command).await? {
         Outcome::Hold(h) => Ok(Json(hold_out(h))),
@@ -639,17 +640,8 @@ async fn costs(
     let state = s.ledger.read();
     let acct = state.active_account(&id)?;
     let cycle = cycle_param(&params, acct)?;
-    let (items, total) =
+    let Breakdown { window, items, total } =
         breakdown(acct, cycle, by).ok_or_else(|| ApiError::not_found(format!("cycle {cycle} not found")))?;
-    let window = if cycle == acct.cycle.number {
-        acct.cycle
-    } else {
-        acct.closed
-            .iter()
-            .find(|c| c.window.number == cycle)
-            .map(|c| c.window)
-            .unwrap_or(acct.cycle)
-    };
     let (items, count) = page(items, page_no, size);
     Ok(Json(CostsOut {
         group_by: by_text.to_string(),

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::error::LedgerError;
 use super::state::Account;
 use crate::amount::Amount;
+use crate::cycle::CycleWindow;
 
 /// Longest model or provider name.
 pub const MAX_LABEL_LEN: usize = 64;
@@ -144,6 +145,33 @@ pub struct Spend {
     pub cost_usd: Amount,
 }
 
+/// Gives figure sets with `used`, `cost_usd` and `events` fields
+/// `spent()` (those three as a [`CostSum`]) and `count(spend)` (one
+/// debit), so every tally counts spending by the same rule.
+macro_rules! spending {
+    ($($t:ty),+) => {$(
+        impl $t {
+            /// What was spent: credits used, dollars reported, events.
+            pub fn spent(&self) -> $crate::ledger::costs::CostSum {
+                $crate::ledger::costs::CostSum {
+                    credits: self.used,
+                    cost_usd: self.cost_usd,
+                    events: self.events,
+                }
+            }
+
+            /// Counts one debit.
+            #[allow(dead_code)]
+            pub(crate) fn count(&mut self, spend: $crate::ledger::costs::Spend) {
+                self.used += spend.credits;
+                self.cost_usd = self.cost_usd.saturating_add(spend.cost_usd);
+                self.events = self.events.saturating_add(1);
+            }
+        }
+    )+};
+}
+pub(crate) use spending;
+
 /// Credits, dollars and events summed under one key.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CostSum {
@@ -234,16 +262,28 @@ pub struct CostItem {
     pub sum: CostSum,
 }
 
-/// The breakdown of one cycle by one dimension, largest first (credits,
-/// then dollars, then key), and the account's total for the cycle.
-/// `None` when the account never had the cycle.
-pub fn breakdown(account: &Account, cycle: u64, by: CostDimension) -> Option<(Vec<CostItem>, CostSum)> {
+/// One cycle broken down by one dimension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Breakdown {
+    pub window: CycleWindow,
+    /// Largest first: credits, then dollars, then key.
+    pub items: Vec<CostItem>,
+    /// The account's total for the cycle.
+    pub total: CostSum,
+}
+
+/// The breakdown of `cycle` by `by`; `None` when the account never had
+/// the cycle.
+pub fn breakdown(account: &Account, cycle: u64, by: CostDimension) -> Option<Breakdown> {
     let current = cycle == account.cycle.number;
-    let (costs, total) = if current {
-        (&account.costs, account.spent())
+    let closed = if current {
+        None
     } else {
-        let closed = account.closed.iter().find(|c| c.window.number == cycle)?;
-        (&closed.costs, closed.spent())
+        Some(account.closed.iter().find(|c| c.window.number == cycle)?)
+    };
+    let (window, costs, total) = match closed {
+        None => (account.cycle, &account.costs, account.spent()),
+        Some(c) => (c.window, &c.costs, c.spent()),
     };
     let item = |key: &str, sum: CostSum| CostItem {
         key: key.to_string(),
@@ -259,10 +299,7 @@ pub fn breakdown(account: &Account, cycle: u64, by: CostDimension) -> Option<(Ve
             .filter(|g| g.active)
             .map(|g| item(&g.name, g.tally.at(cycle).spent()))
             .collect(),
-        CostDimension::Group => account
-            .closed
-            .iter()
-            .find(|c| c.window.number == cycle)
+        CostDimension::Group => closed
             .map(|c| c.groups.iter().map(|g| item(&g.name, g.spent())).collect())
             .unwrap_or_default(),
         CostDimension::Member => account
@@ -292,7 +329,7 @@ pub fn breakdown(account: &Account, cycle: u64, by: CostDimension) -> Option<(Ve
             .cmp(&(a.sum.credits, a.sum.cost_usd))
             .then_with(|| a.key.cmp(&b.key))
     });
-    Some((items, total))
+    Some(Breakdown { window, items, total })
 }
 
 #[cfg(test)]

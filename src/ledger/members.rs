@@ -10,7 +10,6 @@ use std::hash::BuildHasher;
 use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
 
-use super::costs::{CostSum, Spend};
 use super::model::MemberSpec;
 use crate::amount::Amount;
 
@@ -48,22 +47,6 @@ impl MemberTally {
             }
         }
     }
-
-    /// What the member spent in this tally's cycle.
-    pub fn spent(&self) -> CostSum {
-        CostSum {
-            credits: self.used,
-            cost_usd: self.cost_usd,
-            events: self.events,
-        }
-    }
-
-    /// Counts one debit.
-    pub fn add(&mut self, spend: Spend) {
-        self.used += spend.credits;
-        self.cost_usd = self.cost_usd.saturating_add(spend.cost_usd);
-        self.events = self.events.saturating_add(1);
-    }
 }
 
 /// A closed cycle of a member.
@@ -80,15 +63,7 @@ pub struct MemberCycle {
     pub events: u64,
 }
 
-impl MemberCycle {
-    pub fn spent(&self) -> CostSum {
-        CostSum {
-            credits: self.used,
-            cost_usd: self.cost_usd,
-            events: self.events,
-        }
-    }
-}
+super::costs::spending!(MemberTally, MemberCycle);
 
 /// Name, user id, email, display name and group in one string.
 #[derive(Clone, PartialEq, Eq)]

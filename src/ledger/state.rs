@@ -16,7 +16,7 @@ use jiff::civil::DateTime;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use super::costs::{CostSum, CycleCosts, Labels, Spend};
+use super::costs::{CycleCosts, Labels, Spend};
 use super::error::LedgerError;
 use super::model::*;
 use super::numbers;
@@ -56,21 +56,6 @@ impl Tally {
                 ..Tally::default()
             }
         }
-    }
-
-    /// What was spent in this tally's cycle.
-    pub fn spent(&self) -> CostSum {
-        CostSum {
-            credits: self.used,
-            cost_usd: self.cost_usd,
-            events: self.events,
-        }
-    }
-
-    fn add(&mut self, spend: Spend) {
-        self.used += spend.credits;
-        self.cost_usd = self.cost_usd.saturating_add(spend.cost_usd);
-        self.events = self.events.saturating_add(1);
     }
 
     /// Moves the tally to `cycle`, returning the figures it held before
@@ -117,16 +102,6 @@ pub struct ClosedGroup {
     pub events: u64,
 }
 
-impl ClosedGroup {
-    pub fn spent(&self) -> CostSum {
-        CostSum {
-            credits: self.used,
-            cost_usd: self.cost_usd,
-            events: self.events,
-        }
-    }
-}
-
 /// An account's cycle after it closed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClosedCycle {
@@ -141,16 +116,6 @@ pub struct ClosedCycle {
     /// Sums by model and provider.
     #[serde(default)]
     pub costs: CycleCosts,
-}
-
-impl ClosedCycle {
-    pub fn spent(&self) -> CostSum {
-        CostSum {
-            credits: self.used,
-            cost_usd: self.cost_usd,
-            events: self.events,
-        }
-    }
 }
 
 /// A credit request as the ledger knows it.
@@ -317,15 +282,6 @@ impl Account {
         Ok(Schedule::new(self.settings.cadence, self.anchor, self.anchor_wall, tz))
     }
 
-    /// What everyone spent this cycle, removed members included.
-    pub fn spent(&self) -> CostSum {
-        CostSum {
-            credits: self.used,
-            cost_usd: self.cost_usd,
-            events: self.events,
-        }
-    }
-
     /// The group a member counts in.
     pub fn group_of<'a>(&'a self, member: &'a Member) -> &'a str {
         member.group().unwrap_or(&self.settings.default_group)
@@ -397,23 +353,21 @@ impl Account {
             ..
         } = self;
         let Some(member) = members.get_mut(user_id) else { return };
-        member.tally.add(spend);
+        member.tally.count(spend);
         if member.active {
             let group = member.group().unwrap_or(&settings.default_group);
             match groups.get_mut(group) {
                 Some(g) => {
                     g.tally.roll(cycle);
-                    g.tally.add(spend);
+                    g.tally.count(spend);
                 }
                 None => {
                     let group = group.to_string();
-                    self.group_entry(&group).tally.add(spend);
+                    self.group_entry(&group).tally.count(spend);
                 }
             }
         }
-        self.used += spend.credits;
-        self.cost_usd = self.cost_usd.saturating_add(spend.cost_usd);
-        self.events = self.events.saturating_add(1);
+        self.count(spend);
     }
 
     /// Changes the credits held for a member, its group and the account.
@@ -448,6 +402,11 @@ impl Account {
         }
     }
 }
+
+// `used` and the dollars and events behind it, counted the same way on
+// the group tally, a closed group and cycle, and the account (what
+// everyone spent this cycle, removed members included).
+super::costs::spending!(Tally, ClosedGroup, ClosedCycle, Account);
 
 /// Every account the ledger knows, and the number of the last event.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
