@@ -6,6 +6,7 @@
 //! the decimal range. Amounts are parsed from text only: a JSON or YAML
 //! float never becomes an amount.
 
+use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
 
@@ -87,6 +88,21 @@ impl Amount {
             return Err(AmountError::TooLarge(text.to_string()));
         }
         let d = Decimal::from_str(t).map_err(|_| AmountError::NotANumber(text.to_string()))?;
+        Ok(Amount(d.normalize()))
+    }
+
+    /// Parses an amount the ledger wrote itself (a journal entry, a
+    /// snapshot): the same syntax as [`Amount::parse`], but any size the
+    /// decimal holds, because running totals may pass the 18 digits an
+    /// input is capped at.
+    fn parse_record(text: &str) -> Result<Amount, AmountError> {
+        let digits = text.strip_prefix('-').unwrap_or(text);
+        let (int_part, frac_part) = digits.split_once('.').map_or((digits, None), |(i, f)| (i, Some(f)));
+        let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !all_digits(int_part) || frac_part.is_some_and(|f| !all_digits(f)) {
+            return Err(AmountError::NotANumber(text.to_string()));
+        }
+        let d = Decimal::from_str_exact(text).map_err(|_| AmountError::TooLarge(text.to_string()))?;
         Ok(Amount(d.normalize()))
     }
 
@@ -207,6 +223,35 @@ impl FromStr for Amount {
     }
 }
 
+thread_local! {
+    static READING_RECORDS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` (a decode of the ledger's own journal entries or snapshots)
+/// with amounts read at the decimal's full size instead of the input cap.
+/// Decoding is synchronous, so a flag on this thread covers exactly the
+/// values `f` reads.
+pub fn reading_records<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            READING_RECORDS.set(self.0);
+        }
+    }
+    let _restore = Restore(READING_RECORDS.replace(true));
+    f()
+}
+
+/// Parses a deserialized amount as input, or as a record inside
+/// [`reading_records`].
+fn parse_deserialized(text: &str) -> Result<Amount, AmountError> {
+    if READING_RECORDS.get() {
+        Amount::parse_record(text)
+    } else {
+        Amount::parse(text)
+    }
+}
+
 impl Serialize for Amount {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -227,23 +272,23 @@ impl<'de> Visitor<'de> for AmountVisitor {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Amount, E> {
-        Amount::parse(v).map_err(E::custom)
+        parse_deserialized(v).map_err(E::custom)
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Amount, E> {
-        Amount::parse(&v.to_string()).map_err(E::custom)
+        parse_deserialized(&v.to_string()).map_err(E::custom)
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Amount, E> {
-        Amount::parse(&v.to_string()).map_err(E::custom)
+        parse_deserialized(&v.to_string()).map_err(E::custom)
     }
 
     fn visit_i128<E: de::Error>(self, v: i128) -> Result<Amount, E> {
-        Amount::parse(&v.to_string()).map_err(E::custom)
+        parse_deserialized(&v.to_string()).map_err(E::custom)
     }
 
     fn visit_u128<E: de::Error>(self, v: u128) -> Result<Amount, E> {
-        Amount::parse(&v.to_string()).map_err(E::custom)
+        parse_deserialized(&v.to_string()).map_err(E::custom)
     }
 
     fn visit_f64<E: de::Error>(self, _v: f64) -> Result<Amount, E> {
@@ -256,7 +301,7 @@ impl<'de> Visitor<'de> for AmountVisitor {
         match map.next_key::<String>()? {
             Some(k) if k == JSON_NUMBER_TOKEN => {
                 let text: String = map.next_value()?;
-                Amount::parse(&text).map_err(de::Error::custom)
+                parse_deserialized(&text).map_err(de::Error::custom)
             }
             _ => Err(de::Error::custom("expected an integer or a decimal string")),
         }

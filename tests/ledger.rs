@@ -10,6 +10,11 @@ use credit_operator::ledger::*;
 use jiff::{SignedDuration, ToSpan};
 use support::*;
 
+/// A total past an input's 18 digits.
+fn big(s: &str) -> credit_operator::amount::Amount {
+    credit_operator::amount::Amount::from_decimal(s.parse().expect("a decimal"))
+}
+
 fn hours(h: i64) -> SignedDuration {
     SignedDuration::from_hours(h)
 }
@@ -545,6 +550,89 @@ on_both_backends! {
             let err = AccountSettings::new(amt("1"), cadence, tz, amt("0"), amt("0"), "default").unwrap_err();
             assert!(matches!(err, LedgerError::InvalidField { field: ref got, .. } if got == field), "{err}");
         }
+    }
+
+    fn an_absurd_event_is_refused_and_usage_after_a_near_ceiling_event_is_still_recorded(db: &Db) {
+        let mut f = Fixture::new(db);
+        // Factor 100: a dollar is 100 credits.
+        f.account_with("10000", "CalendarMonth", "UTC", "100", "40");
+        f.group("default", "1000", "0", "0");
+        f.group("ml", "3000", "500", "200");
+        f.member("alice", Some("ml"), Some("1000"), "100");
+        f.member("bob", Some("ml"), Some("800"), "0");
+        let usd = |member: &str, dollars: &str, key: &str| Command::RecordUsage {
+            labels: Default::default(),
+            account: ACCOUNT.into(),
+            member: member.into(),
+            charge: Charge::CostUsd(amt(dollars)),
+            key: key.into(),
+            occurred_at: None,
+        };
+        let before = f.state();
+        // One event over the ceiling of 10^12 credits (or dollars), as
+        // credits, as dollars, and as dollars that convert past it.
+        for (command, field, says) in [
+            (Command::RecordUsage { labels: Default::default(), account: ACCOUNT.into(), member: "u-alice".into(), charge: Charge::Credits(amt("999999999999999000")), key: "huge-1".into(), occurred_at: None }, "credits", "at most 1000000000000 credits"),
+            (usd("u-alice", "1000000000000000", "huge-2"), "costUsd", "at most 1000000000000 dollars"),
+            (usd("u-alice", "10000000000.01", "huge-3"), "costUsd", "converts to 1000000000001 credits"),
+        ] {
+            match f.run(command) {
+                Err(LedgerError::InvalidField { field: got, message }) => {
+                    assert_eq!(got, field);
+                    assert!(message.contains(says), "{message}");
+                }
+                other => panic!("expected a refusal naming {field}, got {other:?}"),
+            }
+            assert_eq!(f.state(), before, "a refused event changed the state");
+        }
+        // Exactly at the ceiling is one event: recorded, and so is all the
+        // usage after it, of this member and of the others.
+        let r = f.run(usd("u-alice", "10000000000", "near-1")).unwrap();
+        assert!(matches!(r, Outcome::Usage(ref u) if u.credits == amt("1000000000000")), "{r:?}");
+        f.usage("u-alice", "1000000000000", "near-2").unwrap();
+        for i in 0..5 {
+            f.usage("u-bob", "1.5", &format!("after-b{i}")).unwrap();
+            f.usage("u-alice", "0.25", &format!("after-a{i}")).unwrap();
+        }
+        assert_eq!(f.member_figures("u-alice").used, amt("2000000000001.25"));
+        assert_eq!(f.member_figures("u-bob").used, amt("7.5"));
+        assert_eq!(f.account_figures().used, amt("2000000000008.75"));
+        assert_eq!(f.group_figures("ml").used, amt("2000000000008.75"));
+
+        // Two approvals near the input cap take bob's granted credits past
+        // 18 digits; a snapshot of that state restores unchanged.
+        for uid in ["big-1", "big-2"] {
+            let req = f.submit(uid, "bob", "999999999999999999");
+            assert_eq!(req.phase, Phase::Pending);
+            let approved = f.decide(uid, Verdict::Approve { credits: None }).unwrap();
+            assert_eq!(approved.approved_credits, Some(amt("999999999999999999")));
+        }
+        assert_eq!(f.member_figures("u-bob").granted, big("1999999999999999998"));
+        assert_eq!(f.group_figures("ml").granted, big("1999999999999999998"));
+        // Past the totals' ceiling of 10^19 an approval is refused by field.
+        for i in 0..8 {
+            let uid = format!("big-more-{i}");
+            f.submit(&uid, "bob", "999999999999999999");
+            f.decide(&uid, Verdict::Approve { credits: None }).unwrap();
+        }
+        f.submit("one-too-many", "bob", "999999999999999999");
+        let live = f.state();
+        match f.decide("one-too-many", Verdict::Approve { credits: None }) {
+            Err(LedgerError::InvalidField { field, message }) => {
+                assert_eq!(field, "status.approval.credits");
+                assert!(message.contains("10000000000000000000"), "{message}");
+            }
+            other => panic!("expected the approval to be refused, got {other:?}"),
+        }
+        assert_eq!(f.state(), live);
+        assert_eq!(f.member_figures("u-bob").granted, big("9999999999999999990"));
+        f.ledger.snapshot_blocking().unwrap();
+        f.restart();
+        assert_eq!(f.state(), live, "the snapshot restored another state");
+        f.usage("u-bob", "1", "after-restart").unwrap();
+        assert_eq!(f.member_figures("u-bob").used, amt("8.5"));
+        f.restart();
+        assert_eq!(f.member_figures("u-bob").used, amt("8.5"));
     }
 
     fn costs_sum_by_model_provider_group_and_member_and_survive_a_reset_and_restarts(db: &Db) {

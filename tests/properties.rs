@@ -3,8 +3,8 @@
 
 use credit_operator::amount::Amount;
 use credit_operator::cycle::{time_zone, Cadence, Schedule};
-use credit_operator::ledger::numbers;
 use credit_operator::ledger::*;
+use credit_operator::ledger::{journal, numbers};
 use jiff::civil::DateTime;
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
@@ -104,6 +104,15 @@ enum Step {
     Advance(u32),
     Reset,
     Limit(u32),
+    /// Usage just under the per-event ceiling.
+    BigUsage(usize, u32),
+    /// A request at the input cap, approved in full by `Decide(_, None)`
+    /// being a denial, so by `ApproveAll`.
+    BigRequest(usize),
+    ApproveAll(u32),
+    /// A member object whose name is reused for another user id.
+    Reuse(usize, usize),
+    RemoveId(usize),
 }
 
 const GROUPS: &[&str] = &["default", "ml", "infra", "ghost"];
@@ -125,6 +134,11 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (1..200_000u32).prop_map(Step::Advance),
         1 => Just(Step::Reset),
         1 => (0..20_000u32).prop_map(Step::Limit),
+        1 => (0..5usize, 0..1000u32).prop_map(|(u, k)| Step::BigUsage(u, k)),
+        1 => (0..5usize).prop_map(Step::BigRequest),
+        1 => (0..20u32).prop_map(Step::ApproveAll),
+        2 => (0..5usize, 0..3usize).prop_map(|(u, v)| Step::Reuse(u, v)),
+        1 => (0..3usize).prop_map(Step::RemoveId),
     ]
 }
 
@@ -223,6 +237,45 @@ fn command(step: &Step, now: &mut Timestamp, seq: u64) -> Option<Command> {
             Command::Tick { account: None }
         }
         Step::Reset => Command::Reset { account, mark: None },
+        Step::BigUsage(u, k) => Command::RecordUsage {
+            labels: Default::default(),
+            account,
+            member: format!("id-{}", USERS[u]),
+            charge: Charge::Credits(Amount::from_int(1_000_000_000_000 - i64::from(k))),
+            key: format!("big-{k}"),
+            occurred_at: None,
+        },
+        Step::BigRequest(u) => Command::SubmitRequest {
+            account,
+            uid: format!("req-{seq}"),
+            name: format!("req-{seq}"),
+            member: USERS[u].into(),
+            credits: Amount::parse("999999999999999999").unwrap(),
+            reason: String::new(),
+        },
+        Step::ApproveAll(r) => Command::DecideRequest {
+            account,
+            uid: format!("req-{r}"),
+            verdict: Verdict::Approve { credits: None },
+            reason: String::new(),
+            by: "admin".into(),
+        },
+        Step::Reuse(u, v) => Command::ApplyMember {
+            account,
+            member: MemberSpec {
+                name: USERS[u].into(),
+                user_id: format!("uid-{v}"),
+                email: format!("{}-{v}@x.io", USERS[u]),
+                display_name: USERS[u].into(),
+                group: None,
+                monthly_credits: None,
+                extra_credits: Amount::from_int(v as i64),
+            },
+        },
+        Step::RemoveId(v) => Command::RemoveMember {
+            account,
+            user_id: format!("uid-{v}"),
+        },
         Step::Limit(l) => Command::ApplyAccount {
             account,
             settings: AccountSettings::new(
@@ -364,7 +417,10 @@ proptest! {
             replayed.apply(entry);
         }
         prop_assert_eq!(&replayed, &state);
-        let snapshot: State = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+        // A snapshot restores exactly the state it was taken of, totals
+        // past 18 digits and reused names included.
+        let body = journal::encode_snapshot(&state).unwrap();
+        let snapshot = journal::decode_snapshot(state.last_seq, &body).unwrap();
         prop_assert_eq!(&snapshot, &state);
     }
 }

@@ -633,6 +633,21 @@ fn bad_input_gets_the_right_status_and_changes_nothing() {
             400,
             "credits",
         ),
+        // One event over the ceiling of 10^12 is refused, not recorded.
+        (
+            "POST",
+            "/usage",
+            json!({"member": "u-alice", "credits": "999999999999999000", "idempotencyKey": "s4"}),
+            400,
+            "credits",
+        ),
+        (
+            "POST",
+            "/usage",
+            json!({"member": "u-alice", "costUsd": "1000000000000000", "idempotencyKey": "s5"}),
+            400,
+            "costUsd",
+        ),
         (
             "POST",
             "/holds",

@@ -83,7 +83,22 @@ pub(crate) fn encode(entry: &JournalEntry) -> Result<String, JournalError> {
     serde_json::to_string(&entry.event).map_err(|e| JournalError::Backend(format!("encoding entry {}: {e}", entry.seq)))
 }
 
-/// Decodes a stored event.
+/// Encodes the whole state for a snapshot.
+pub fn encode_snapshot(state: &State) -> Result<String, JournalError> {
+    serde_json::to_string(state).map_err(|e| JournalError::Backend(format!("encoding snapshot: {e}")))
+}
+
+/// Decodes a snapshot taken at `seq`. Its amounts are read at the
+/// decimal's full size: a running total may pass the 18 digits an input
+/// is capped at, and whatever the live state holds must restore.
+pub fn decode_snapshot(seq: u64, body: &str) -> Result<State, JournalError> {
+    crate::amount::reading_records(|| serde_json::from_str(body)).map_err(|e| JournalError::Corrupt {
+        seq,
+        message: format!("snapshot: {e}"),
+    })
+}
+
+/// Decodes a stored event (its amounts read as records, like a snapshot's).
 pub(crate) fn decode(
     seq: u64,
     at_nanos: i64,
@@ -91,7 +106,7 @@ pub(crate) fn decode(
     key: Option<String>,
     body: &str,
 ) -> Result<JournalEntry, JournalError> {
-    let event = serde_json::from_str(body).map_err(|e| JournalError::Corrupt {
+    let event = crate::amount::reading_records(|| serde_json::from_str(body)).map_err(|e| JournalError::Corrupt {
         seq,
         message: e.to_string(),
     })?;

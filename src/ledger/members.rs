@@ -405,12 +405,16 @@ impl<'de> Deserialize<'de> for MemberTable {
         let records = Vec::<MemberRecord>::deserialize(d)?;
         let holders: Vec<bool> = records.iter().map(|r| r.holds_name).collect();
         let mut table = MemberTable::from(records.into_iter().map(Member::from).collect::<Vec<_>>());
-        // Names that pointed at a member before it was renamed are gone;
-        // the last member to claim a name holds it, unless the snapshot
-        // says which one does (as the live table knew).
-        table.rebuild_names();
-        for (i, _) in holders.iter().enumerate().filter(|(_, h)| **h) {
-            table.point_name(i as u32);
+        // The snapshot says which member holds each name, as the live table
+        // knew: exactly those names are indexed (a name dropped by a rename
+        // stays dropped). The member configured last always holds its name,
+        // so a table without any holder comes from an older snapshot: there
+        // the last member to claim a name holds it.
+        if holders.contains(&true) {
+            table.by_name = HashTable::with_capacity(table.rows.len());
+            for (i, _) in holders.iter().enumerate().filter(|(_, h)| **h) {
+                table.point_name(i as u32);
+            }
         }
         Ok(table)
     }
@@ -426,13 +430,6 @@ impl MemberTable {
             });
         }
         self.by_id = by_id;
-    }
-
-    fn rebuild_names(&mut self) {
-        self.by_name = HashTable::with_capacity(self.rows.len());
-        for i in 0..self.rows.len() {
-            self.point_name(i as u32);
-        }
     }
 
     fn iter_names(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -577,5 +574,20 @@ mod tests {
         assert!(!old.contains("holds_name"), "{old}");
         let legacy: MemberTable = serde_json::from_str(&old).unwrap();
         assert_eq!(legacy.by_name("alice").map(|m| m.user_id()), Some("u2"));
+    }
+
+    #[test]
+    fn a_name_a_rename_dropped_stays_dropped_after_a_snapshot() {
+        let mut table = MemberTable::default();
+        table.upsert(&spec("ann", "id-ann"), Amount::ZERO, 1).active = false;
+        // The object ann now names another user, which is then renamed ben:
+        // ann refers to nobody.
+        table.upsert(&spec("ann", "uid-0"), Amount::ZERO, 1).active = false;
+        table.upsert(&spec("ben", "uid-0"), Amount::ZERO, 1);
+        assert!(table.by_name("ann").is_none());
+        let restored: MemberTable = serde_json::from_str(&serde_json::to_string(&table).unwrap()).unwrap();
+        assert!(restored.by_name("ann").is_none());
+        assert_eq!(restored.by_name("ben").map(|m| m.user_id()), Some("uid-0"));
+        assert_eq!(restored, table);
     }
 }

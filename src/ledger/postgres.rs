@@ -2,7 +2,7 @@
 
 use postgres::{Client, NoTls};
 
-use super::journal::{decode, encode, nanos, Journal, JournalError, MIGRATIONS};
+use super::journal::{decode, decode_snapshot, encode, encode_snapshot, nanos, Journal, JournalError, MIGRATIONS};
 use super::model::JournalEntry;
 use super::state::State;
 
@@ -113,10 +113,7 @@ impl Journal for PostgresJournal {
         row.map(|row| {
             let seq: i64 = row.get(0);
             let body: &str = row.get(1);
-            serde_json::from_str(body).map_err(|e| JournalError::Corrupt {
-                seq: seq as u64,
-                message: format!("snapshot: {e}"),
-            })
+            decode_snapshot(seq as u64, body)
         })
         .transpose()
     }
@@ -145,8 +142,7 @@ impl Journal for PostgresJournal {
     }
 
     fn save_snapshot(&mut self, state: &State) -> Result<(), JournalError> {
-        let body =
-            serde_json::to_string(state).map_err(|e| JournalError::Backend(format!("encoding snapshot: {e}")))?;
+        let body = encode_snapshot(state)?;
         let taken_at = i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX);
         let seq = state.last_seq as i64;
         let mut tx = self.client.transaction().map_err(backend)?;

@@ -2,7 +2,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::journal::{decode, encode, nanos, Journal, JournalError, MIGRATIONS};
+use super::journal::{decode, decode_snapshot, encode, encode_snapshot, nanos, Journal, JournalError, MIGRATIONS};
 use super::model::JournalEntry;
 use super::state::State;
 
@@ -162,13 +162,7 @@ impl Journal for SqliteJournal {
             })
             .optional()
             .map_err(backend)?;
-        row.map(|(seq, body)| {
-            serde_json::from_str(&body).map_err(|e| JournalError::Corrupt {
-                seq: seq as u64,
-                message: format!("snapshot: {e}"),
-            })
-        })
-        .transpose()
+        row.map(|(seq, body)| decode_snapshot(seq as u64, &body)).transpose()
     }
 
     fn replay_after(&mut self, seq: u64, f: &mut dyn FnMut(JournalEntry)) -> Result<(), JournalError> {
@@ -193,8 +187,7 @@ impl Journal for SqliteJournal {
     }
 
     fn save_snapshot(&mut self, state: &State) -> Result<(), JournalError> {
-        let body =
-            serde_json::to_string(state).map_err(|e| JournalError::Backend(format!("encoding snapshot: {e}")))?;
+        let body = encode_snapshot(state)?;
         let taken_at = i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX);
         let tx = self
             .conn

@@ -25,9 +25,23 @@ use crate::cycle::{time_zone, CycleWindow, Schedule};
 
 /// Longest hold accepted: a week.
 pub const MAX_HOLD_TTL_SECONDS: u64 = 7 * 86_400;
-/// No single scope may accumulate more than this: far beyond any real
-/// figure, far inside the decimal range.
-const CEILING: i64 = 1_000_000_000_000_000_000;
+/// Most credits, and most dollars, one usage, hold or settlement may
+/// carry: a trillion. Far above any real event and far below
+/// [`MAX_TOTAL`], so one absurd event can never fill a total and block the
+/// usage after it.
+pub const MAX_EVENT_AMOUNT: u64 = 1_000_000_000_000;
+/// Most a running total may reach: a cycle's usage of a member or of the
+/// account, the credits granted to a member or a group in a cycle. 10^19
+/// is ten million events at [`MAX_EVENT_AMOUNT`], and with 9 decimal
+/// places still inside the decimal's exact range (about 7.9 × 10^19);
+/// snapshots read totals at the decimal's full size.
+pub const MAX_TOTAL: u64 = 10_000_000_000_000_000_000;
+/// A request asks for less than this (an input's 18 digits).
+const MAX_REQUEST: u64 = 1_000_000_000_000_000_000;
+
+fn at_most(limit: u64) -> rust_decimal::Decimal {
+    rust_decimal::Decimal::from(limit)
+}
 
 /// Figures that belong to one cycle.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -842,8 +856,21 @@ fn catch_up(em: &mut Emitter, account_id: &str) -> Result<(), LedgerError> {
 }
 
 /// Credits a charge costs in an account; 0 while tracking is disabled.
+/// Neither the charge nor the credits it converts to may pass
+/// [`MAX_EVENT_AMOUNT`].
 fn credits_for(account: &Account, charge: Charge) -> Result<Amount, LedgerError> {
     charge.validate()?;
+    let field = charge_field(charge);
+    let unit = match charge {
+        Charge::Credits(_) => "credits",
+        Charge::CostUsd(_) => "dollars",
+    };
+    if charge.amount().decimal() > at_most(MAX_EVENT_AMOUNT) {
+        return Err(LedgerError::field(
+            field,
+            format!("is more than one event may carry (at most {MAX_EVENT_AMOUNT} {unit})"),
+        ));
+    }
     if !account.settings.tracking_enabled() {
         return Ok(Amount::ZERO);
     }
@@ -851,10 +878,13 @@ fn credits_for(account: &Account, charge: Charge) -> Result<Amount, LedgerError>
         Charge::Credits(a) => a,
         Charge::CostUsd(usd) => usd
             .convert(account.settings.credit_factor)
-            .ok_or_else(|| LedgerError::field("costUsd", "is too large to convert to credits"))?,
+            .ok_or_else(|| LedgerError::field(field, "is too large to convert to credits"))?,
     };
-    if credits.decimal() >= rust_decimal::Decimal::from(CEILING) {
-        return Err(LedgerError::field(charge_field(charge), "is too large"));
+    if credits.decimal() > at_most(MAX_EVENT_AMOUNT) {
+        return Err(LedgerError::field(
+            field,
+            format!("converts to {credits} credits, more than one event may carry (at most {MAX_EVENT_AMOUNT})"),
+        ));
     }
     Ok(credits)
 }
@@ -866,14 +896,53 @@ fn charge_field(charge: Charge) -> &'static str {
     }
 }
 
-/// Refuses a debit that would push a running figure past the ceiling.
+/// Refuses a debit that would push the cycle's usage of the member or of
+/// the account past [`MAX_TOTAL`] (ten million events at the per-event
+/// ceiling: no real cycle gets there).
 fn check_room(account: &Account, user_id: &str, credits: Amount, charge: Charge) -> Result<(), LedgerError> {
-    let ceiling = rust_decimal::Decimal::from(CEILING);
-    let member_used = account.members.get(user_id).map(|m| m.tally.used).unwrap_or_default();
-    if (account.used + credits).decimal() >= ceiling || (member_used + credits).decimal() >= ceiling {
+    let cycle = account.cycle.number;
+    let member_used = account
+        .members
+        .get(user_id)
+        .map(|m| m.tally.at(cycle).used)
+        .unwrap_or_default();
+    let over = |total: Amount| {
+        total
+            .decimal()
+            .checked_add(credits.decimal())
+            .is_none_or(|t| t > at_most(MAX_TOTAL))
+    };
+    if over(account.used) || over(member_used) {
         return Err(LedgerError::field(
             charge_field(charge),
-            "would take usage beyond the ledger's range",
+            format!("would take this cycle's usage past the ledger's ceiling of {MAX_TOTAL} credits"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses an approval that would push the credits granted to the member
+/// or its group this cycle past [`MAX_TOTAL`].
+fn check_grant_room(account: &Account, member: &str, credits: Amount) -> Result<(), LedgerError> {
+    let cycle = account.cycle.number;
+    let Some(m) = account.member_by_name(member) else {
+        return Ok(());
+    };
+    let group = account.groups.get(account.group_of(m));
+    let granted = [
+        Some(m.tally.at(cycle).granted),
+        group.map(|g| g.tally.at(cycle).granted),
+    ];
+    let over = granted.into_iter().flatten().any(|total| {
+        total
+            .decimal()
+            .checked_add(credits.decimal())
+            .is_none_or(|t| t > at_most(MAX_TOTAL))
+    });
+    if over {
+        return Err(LedgerError::field(
+            "status.approval.credits",
+            format!("would take the credits granted this cycle past the ledger's ceiling of {MAX_TOTAL}"),
         ));
     }
     Ok(())
@@ -1133,7 +1202,7 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
             credits
                 .check_positive()
                 .map_err(|e| LedgerError::field("spec.credits", e))?;
-            if credits.decimal() >= rust_decimal::Decimal::from(CEILING) {
+            if credits.decimal() >= at_most(MAX_REQUEST) {
                 return Err(LedgerError::field("spec.credits", "is too large"));
             }
             check_request_reason(&reason)?;
@@ -1157,7 +1226,8 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
                 .and_then(|m| acct.groups.get(acct.group_of(m)))
                 .filter(|g| g.active)
                 .map(|g| numbers::auto_approve_remaining(g, acct.cycle.number));
-            if reserve_left.is_some_and(|left| left >= credits) {
+            let room = check_grant_room(acct, &member, credits).is_ok();
+            if room && reserve_left.is_some_and(|left| left >= credits) {
                 let decided = Event::RequestDecided {
                     uid: uid.clone(),
                     phase: Phase::AutoApproved,
@@ -1201,6 +1271,7 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
                     if !acct.member_by_name(&request.member).is_some_and(|m| m.active) {
                         return Err(LedgerError::MemberNotFound(request.member.clone()));
                     }
+                    check_grant_room(acct, &request.member, c)?;
                     (Phase::Approved, c)
                 }
             };
