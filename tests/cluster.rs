@@ -1503,6 +1503,44 @@ fn two_replicas_on_postgres_elect_one_writer_and_a_standby_takes_over() {
     );
     cluster.wait_for_status("memberallocations", "ada", |s| s["used"] == "40");
     old_leader.assert_no_forbidden();
+
+    // Fenced for real while it holds the lease: another process opens the
+    // journal and takes a newer epoch. The leader's next write is refused,
+    // its liveness fails, it hands the lease back and exits, and the
+    // standby leads without waiting for the lease to expire.
+    drop(std::mem::replace(new_leader, cluster.operator(&replica(standby_pod))));
+    eventually("the restarted replica to stand by", Duration::from_secs(10), || {
+        let probe = json!({"member": "u-1001", "credits": "10", "idempotencyKey": "k-probe"});
+        let answer = try_call(new_leader, "POST", &account_path("/usage"), &gateway, Some(probe));
+        answer
+            .is_ok_and(|(code, answer)| code == 503 && answer["error"] == "standby")
+            .then_some(())
+    });
+    let intruder = credit_operator::ledger::journal::open(&db.url).expect("a newer epoch");
+    let (code, fenced) = usage(old_leader, "k-fenced");
+    assert_eq!((code, fenced["error"].as_str()), (503, Some("fenced")), "{fenced}");
+    if let Ok((code, health)) = try_call(old_leader, "GET", "/healthz", &gateway, None) {
+        assert_eq!(code, 503, "a fenced writer is not live: {health}");
+    }
+    let fenced_at = Instant::now();
+    eventually("the fenced replica to stop", Duration::from_secs(30), || {
+        old_leader.exited().then_some(())
+    });
+    assert!(
+        old_leader.log().contains("fenced off by a newer writer"),
+        "{}",
+        old_leader.log()
+    );
+    eventually("the standby to lead", Duration::from_secs(30), || {
+        lease_holder(&cluster).filter(|h| h == standby_pod && leader_label(&cluster, h).as_deref() == Some("true"))
+    });
+    let took = fenced_at.elapsed();
+    eprintln!("takeover after a fence: {took:?} (lease 4 s)");
+    assert!(took < Duration::from_secs(4), "the lease was not handed back: {took:?}");
+    drop(intruder);
+    let (code, after) = usage(new_leader, "k-fenced");
+    assert_eq!((code, after["duplicate"].as_bool()), (200, Some(false)), "{after}");
+    cluster.wait_for_status("memberallocations", "ada", |s| s["used"] == "50");
 }
 
 fn signal(pid: u32, name: &str) {

@@ -57,3 +57,100 @@ on_both_backends! {
         }
     }
 }
+
+/// Terminates every connection the writer named `app` holds.
+fn drop_connections(admin: &mut ::postgres::Client, app: &str) -> u64 {
+    admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .expect("pg_terminate_backend")
+        .len() as u64
+}
+
+#[test]
+fn postgres_a_dropped_connection_is_reconnected_and_nothing_acknowledged_is_lost_or_doubled() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let Some(mut db) = postgres_db() else { return };
+    let app = format!("credits-writer-{}", std::process::id());
+    db.url.push_str(&format!("&application_name={app}"));
+    let base = std::env::var(POSTGRES_ENV).unwrap();
+    let mut admin = ::postgres::Client::connect(&base, ::postgres::NoTls).unwrap();
+    let mut f = Fixture::new(&db);
+    f.account("100000000", "CalendarMonth");
+    f.group("default", "100000000", "0", "0");
+    f.member("alice", None, Some("100000000"), "0");
+
+    // A gateway sends 600 usages of 5 with unique keys and retries each,
+    // with the same key, until it is acknowledged.
+    const EVENTS: u64 = 600;
+    let acked = Arc::new(AtomicU64::new(0));
+    let gateway = {
+        let (ledger, acked) = (f.ledger.clone(), acked.clone());
+        std::thread::spawn(move || {
+            let (mut refused, mut duplicates) = (0u64, 0u64);
+            for i in 0..EVENTS {
+                loop {
+                    match ledger.execute_blocking(usage(&format!("k{i}"))) {
+                        Ok(Outcome::Usage(r)) => {
+                            duplicates += u64::from(r.duplicate);
+                            break;
+                        }
+                        Err(LedgerError::Storage(e)) => {
+                            refused += 1;
+                            assert!(refused < 1000, "k{i} still refused after 1,000 tries: {e}");
+                            std::thread::sleep(std::time::Duration::from_millis(2));
+                        }
+                        other => panic!("usage k{i}: {other:?}"),
+                    }
+                }
+                acked.fetch_add(1, Ordering::SeqCst);
+            }
+            (refused, duplicates)
+        })
+    };
+    // Three times while it streams, the writer's connection is killed.
+    let mut terminated = 0;
+    for round in 1..=3u64 {
+        while acked.load(Ordering::SeqCst) < round * 150 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        terminated += drop_connections(&mut admin, &app);
+    }
+    let (refused, duplicates) = gateway.join().unwrap();
+    eprintln!("{terminated} connections terminated, {refused} refusals retried, {duplicates} duplicate answers");
+    assert!(
+        terminated >= 3,
+        "the writer's connection was terminated {terminated} times"
+    );
+    assert!(refused >= 1, "a write failed while the connection was gone");
+    assert_eq!(f.ledger.fenced(), None, "a dropped connection is no fence");
+    assert_eq!(f.ledger.outage(), None);
+    // Every acknowledged event is in the journal exactly once.
+    let used = |f: &Fixture| f.state().accounts[ACCOUNT].members.get("u-alice").unwrap().tally.used;
+    assert_eq!(used(&f), amt("3000"));
+    let schema_rows: i64 = {
+        let mut c = ::postgres::Client::connect(&db.url, ::postgres::NoTls).unwrap();
+        c.query_one("SELECT count(*) FROM journal WHERE idem_key LIKE 'k%'", &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(schema_rows, EVENTS as i64);
+    f.restart();
+    assert_eq!(used(&f), amt("3000"), "the journal holds what was acknowledged");
+
+    // A real fence: another writer takes a newer epoch while this one's
+    // connection is gone. The reconnect finds it and stops writing.
+    let newer = journal::open(&db.url).unwrap();
+    drop_connections(&mut admin, &app);
+    let err = loop {
+        match f.run(usage("after-fence")) {
+            Err(LedgerError::Storage(_)) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            other => break other.unwrap_err(),
+        }
+    };
+    assert!(matches!(err, LedgerError::Fenced(e) if e == newer.epoch()), "{err}");
+    assert_eq!(f.ledger.fenced(), Some(newer.epoch()));
+    assert_eq!(used(&f), amt("3000"), "nothing half-applied");
+}

@@ -841,6 +841,34 @@ fn the_reset_annotation_resets_once() {
 }
 
 #[test]
+fn a_writer_fenced_by_a_second_one_fails_its_probes_and_commits_nothing() {
+    let env = Env::new();
+    let s = env.start();
+    assert_eq!(
+        usage(&s, "u-alice", json!({"credits": 1, "idempotencyKey": "f1"})).0,
+        200
+    );
+    // Another process opens the same ledger: it takes a newer epoch.
+    let newer = credit_operator::ledger::journal::open(&env.ledger()).expect("a second writer");
+    let (st, e) = usage(&s, "u-alice", json!({"credits": 1, "idempotencyKey": "f2"}));
+    assert_eq!((st, e["error"].as_str()), (503, Some("fenced")), "{e}");
+    for probe in ["/healthz", "/readyz"] {
+        let (st, e) = s.call("GET", probe, None);
+        assert_eq!((st, e["error"].as_str()), (503, Some("fenced")), "{probe}: {e}");
+    }
+    // Reads go on, on what is durable: the refused usage is not there.
+    let member = s.get(&format!("{A}/groups/ml/members"))["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user"]["id"] == "u-alice")
+        .cloned()
+        .unwrap();
+    assert_eq!(member["used"], "1");
+    drop(newer);
+}
+
+#[test]
 fn tokens_gate_the_api_and_without_them_only_loopback_is_served() {
     let env = Env::new();
     let tokens = env.dir.path().join("tokens");

@@ -12,6 +12,8 @@ use crate::ledger::LedgerError;
 pub struct ApiError {
     pub status: StatusCode,
     pub body: ErrorOut,
+    /// Seconds a client should wait before it tries again (`Retry-After`).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -24,6 +26,7 @@ impl ApiError {
                 field: None,
                 limited_by: None,
             },
+            retry_after: None,
         }
     }
 
@@ -66,12 +69,25 @@ impl From<LedgerError> for ApiError {
             InsufficientCredits { limited_by, .. } => body.limited_by = Some(limited_by.clone()),
             _ => {}
         }
-        ApiError { status, body }
+        // Storage comes back by itself (the writer reconnects): worth a
+        // retry with the same idempotency key in a second.
+        let retry_after = matches!(e, Storage(_) | ShuttingDown).then_some(1);
+        ApiError {
+            status,
+            body,
+            retry_after,
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut response = (self.status, Json(self.body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
+        }
+        response
     }
 }

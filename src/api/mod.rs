@@ -1265,17 +1265,28 @@ async fn whoami(Extension(caller): Extension<Caller>) -> Json<WhoamiOut> {
     })
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = HealthOut)))]
-async fn healthz() -> Json<HealthOut> {
-    Json(HealthOut { status: "ok".into() })
-}
-
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+/// Liveness: 503 once this process's writer was fenced off by a newer one
+/// (it will never write again: restart it, or let a standby lead).
+#[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, body = HealthOut), (status = 503, body = ErrorOut)))]
-async fn readyz(State(s): State<AppState>) -> Result<Json<HealthOut>, ApiError> {
+async fn healthz(State(s): State<AppState>) -> Result<Json<HealthOut>, ApiError> {
     match s.ledger.fenced() {
         None => Ok(Json(HealthOut { status: "ok".into() })),
         Some(epoch) => Err(LedgerError::Fenced(epoch).into()),
+    }
+}
+
+/// Readiness: 503 while fenced, and while the journal is out of reach
+/// (the writer reconnects by itself).
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = HealthOut), (status = 503, body = ErrorOut)))]
+async fn readyz(State(s): State<AppState>) -> Result<Json<HealthOut>, ApiError> {
+    if let Some(epoch) = s.ledger.fenced() {
+        return Err(LedgerError::Fenced(epoch).into());
+    }
+    match s.ledger.outage() {
+        None => Ok(Json(HealthOut { status: "ok".into() })),
+        Some(why) => Err(LedgerError::Storage(format!("the journal is out of reach, reconnecting: {why}")).into()),
     }
 }
 

@@ -46,6 +46,12 @@ pub trait Journal: Send + 'static {
     fn replay_after(&mut self, seq: u64, f: &mut dyn FnMut(JournalEntry)) -> Result<(), JournalError>;
     /// Stores a snapshot of `state` (as of `state.last_seq`).
     fn save_snapshot(&mut self, state: &State) -> Result<(), JournalError>;
+    /// After a failed write: a fresh connection under the same epoch,
+    /// fenced when another writer has taken a newer one meanwhile. A
+    /// backend whose connection cannot drop (a local file) keeps its own.
+    fn reconnect(&mut self) -> Result<(), JournalError> {
+        Ok(())
+    }
 }
 
 /// Opens the journal a URL names: `sqlite://PATH` or `postgres://…`.

@@ -10,6 +10,22 @@ fn backend(e: postgres::Error) -> JournalError {
     JournalError::Backend(format!("postgres: {e}"))
 }
 
+/// How long a connection attempt may take unless the URL says otherwise.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connects as the URL says, with a connect timeout and an application
+/// name (`credit-operator`) unless it names its own.
+fn connect(url: &str) -> Result<Client, JournalError> {
+    let mut config: postgres::Config = url.parse().map_err(backend)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("credit-operator");
+    }
+    config.connect(NoTls).map_err(backend)
+}
+
 /// A journal in a PostgreSQL database.
 pub struct PostgresJournal {
     client: Client,
@@ -21,7 +37,7 @@ impl PostgresJournal {
     /// Connects, migrates and takes the next epoch, which fences off any
     /// earlier writer.
     pub fn open(url: &str) -> Result<Self, JournalError> {
-        let mut client = Client::connect(url, NoTls).map_err(backend)?;
+        let mut client = connect(url)?;
         let mut tx = client.transaction().map_err(backend)?;
         // One migrator at a time.
         tx.batch_execute("SELECT pg_advisory_xact_lock(7223401); CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
@@ -58,7 +74,7 @@ impl Journal for PostgresJournal {
     }
 
     fn attach(&self) -> Result<Box<dyn Journal>, JournalError> {
-        let client = Client::connect(&self.url, NoTls).map_err(backend)?;
+        let client = connect(&self.url)?;
         Ok(Box::new(PostgresJournal {
             client,
             epoch: self.epoch,
@@ -68,6 +84,23 @@ impl Journal for PostgresJournal {
 
     fn epoch(&self) -> i64 {
         self.epoch
+    }
+
+    fn reconnect(&mut self) -> Result<(), JournalError> {
+        let mut client = connect(&self.url)?;
+        let stored: i64 = client
+            .query_one("SELECT epoch FROM writer_epoch WHERE id = 1", &[])
+            .map_err(backend)?
+            .get(0);
+        // Fenced or not, the new connection reads what is durable.
+        self.client = client;
+        if stored != self.epoch {
+            return Err(JournalError::Fenced {
+                ours: self.epoch,
+                stored,
+            });
+        }
+        Ok(())
     }
 
     fn append(&mut self, entries: &[JournalEntry]) -> Result<(), JournalError> {

@@ -8,13 +8,16 @@
 //!
 //! Reads (figures, authorize) take the state's read lock and never touch
 //! the database. They may see a batch a moment before it is durable; if
-//! the commit fails, the writer reloads the state from the journal and
-//! every caller of that batch gets an error.
+//! the commit fails, every caller of that batch gets an error and the
+//! writer connects again under the same epoch (at once, then with
+//! backoff from 50 ms to 5 s, answering storage errors meanwhile) and
+//! reloads the state from the journal. A newer epoch found there fences
+//! this writer for good.
 
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -31,6 +34,10 @@ pub const MAX_BATCH: usize = 4096;
 const QUEUE_DEPTH: usize = 65_536;
 /// Entries between snapshots.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1_000_000;
+/// First wait before the writer connects again after a failed write; it
+/// doubles with every failed try, up to [`RECONNECT_MAX`].
+const RECONNECT_FIRST: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 struct Job {
     command: Command,
@@ -65,6 +72,9 @@ struct Shared {
     state: RwLock<State>,
     stats: RwLock<CommitStats>,
     fenced: RwLock<Option<i64>>,
+    /// Why the journal cannot be written right now (a lost connection the
+    /// writer is re-establishing).
+    outage: RwLock<Option<String>>,
     backend: &'static str,
     /// Counts batches that changed something; readers wait on it.
     changes: tokio::sync::watch::Sender<u64>,
@@ -125,6 +135,7 @@ impl Ledger {
             state: RwLock::new(state),
             stats: RwLock::new(CommitStats::default()),
             fenced: RwLock::new(None),
+            outage: RwLock::new(None),
             backend: journal.backend(),
             changes: tokio::sync::watch::Sender::new(0),
             versions: RwLock::new(Default::default()),
@@ -256,6 +267,12 @@ impl Ledger {
         *self.shared.fenced.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Why the journal cannot be written right now, while the writer
+    /// reconnects; commands meanwhile get a storage error.
+    pub fn outage(&self) -> Option<String> {
+        self.shared.outage.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Stops accepting commands, finishes the queue and joins the writer.
     pub fn shutdown(self) {
         let Ledger { tx, writer, .. } = self;
@@ -280,7 +297,25 @@ fn run_writer(
     let mut entries: Vec<JournalEntry> = Vec::new();
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut results = Vec::with_capacity(MAX_BATCH);
-    while let Ok(first) = rx.recv() {
+    let mut outage: Option<Outage> = None;
+    loop {
+        // While the journal is out of reach, wake up to try it again even
+        // when no command comes.
+        let first = match &outage {
+            None => match rx.recv() {
+                Ok(m) => Some(m),
+                Err(_) => break,
+            },
+            Some(o) => match rx.recv_timeout(o.next_try.saturating_duration_since(Instant::now())) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
+        };
+        if outage.as_ref().is_some_and(|o| Instant::now() >= o.next_try) {
+            outage = heal(journal.as_mut(), &shared, outage.take());
+        }
+        let Some(first) = first else { continue };
         let mut snapshot_request = None;
         match first {
             Message::Command(job) => jobs.push(job),
@@ -293,9 +328,17 @@ fn run_writer(
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
             }
         }
-        if let Some(epoch) = *shared.fenced.read().unwrap_or_else(|p| p.into_inner()) {
+        let refusal = match (*shared.fenced.read().unwrap_or_else(|p| p.into_inner()), &outage) {
+            (Some(epoch), _) => Some(LedgerError::Fenced(epoch)),
+            (None, Some(o)) => Some(o.refusal()),
+            (None, None) => None,
+        };
+        if let Some(error) = refusal {
             for job in jobs.drain(..) {
-                let _ = job.reply.send(Err(LedgerError::Fenced(epoch)));
+                let _ = job.reply.send(Err(error.clone()));
+            }
+            if let Some(reply) = snapshot_request {
+                let _ = reply.send(Err(error));
             }
             continue;
         }
@@ -335,12 +378,17 @@ fn run_writer(
                 tracing::error!(error = %e, batch = entries.len(), "journal commit failed; reloading state from the journal");
                 let error: LedgerError = match &e {
                     JournalError::Fenced { stored, .. } => {
-                        *shared.fenced.write().unwrap_or_else(|p| p.into_inner()) = Some(*stored);
+                        fence(journal.as_mut(), &shared, *stored);
                         LedgerError::Fenced(*stored)
                     }
-                    other => LedgerError::Storage(other.to_string()),
+                    other => {
+                        // The connection may be gone: connect again (same
+                        // epoch) and rebuild the state from what is durable,
+                        // now, and with backoff while that fails.
+                        outage = heal(journal.as_mut(), &shared, Some(Outage::new(other.to_string())));
+                        LedgerError::Storage(other.to_string())
+                    }
                 };
-                reload(journal.as_mut(), &shared);
                 results.clear();
                 for job in jobs.drain(..) {
                     let _ = job.reply.send(Err(error.clone()));
@@ -418,15 +466,78 @@ fn finish_snapshot(handle: Option<JoinHandle<Result<std::time::Duration, Journal
     }
 }
 
-/// After a failed commit the memory is ahead of the journal: rebuild it
-/// from what is durable.
-fn reload(journal: &mut dyn Journal, shared: &Shared) {
-    match journal::recover(journal) {
-        Ok(state) => *shared.state.write().unwrap_or_else(|p| p.into_inner()) = state,
-        Err(e) => {
+/// The journal could not be written: why, and when to try again.
+struct Outage {
+    error: String,
+    delay: Duration,
+    next_try: Instant,
+}
+
+impl Outage {
+    fn new(error: String) -> Outage {
+        Outage {
+            error,
+            delay: Duration::ZERO,
+            next_try: Instant::now(),
+        }
+    }
+
+    /// What a command gets meanwhile: nothing of it happened.
+    fn refusal(&self) -> LedgerError {
+        LedgerError::Storage(format!(
+            "the journal is out of reach, reconnecting (next try in {} ms): {}",
+            self.next_try.saturating_duration_since(Instant::now()).as_millis(),
+            self.error
+        ))
+    }
+}
+
+/// Stops this writer for good. Reads go on, on what is durable.
+fn fence(journal: &mut dyn Journal, shared: &Shared, epoch: i64) {
+    *shared.fenced.write().unwrap_or_else(|p| p.into_inner()) = Some(epoch);
+    *shared.outage.write().unwrap_or_else(|p| p.into_inner()) = None;
+    if let Ok(state) = journal::recover(journal) {
+        *shared.state.write().unwrap_or_else(|p| p.into_inner()) = state;
+    }
+}
+
+/// After a failed write the memory may be ahead of the journal: connect
+/// again under the same epoch and rebuild the state from what is durable.
+/// Answers the outage that remains: none when healed, or a longer wait
+/// while the journal is still out of reach. A newer epoch fences this
+/// writer; an unreadable journal stops it writing for good.
+fn heal(journal: &mut dyn Journal, shared: &Shared, outage: Option<Outage>) -> Option<Outage> {
+    let mut outage = outage?;
+    let result = journal.reconnect().and_then(|()| journal::recover(journal));
+    let error = match result {
+        Ok(state) => {
+            *shared.state.write().unwrap_or_else(|p| p.into_inner()) = state;
+            *shared.outage.write().unwrap_or_else(|p| p.into_inner()) = None;
+            if !outage.delay.is_zero() {
+                tracing::info!(after = %outage.error, "the journal is back; writes resume");
+            }
+            return None;
+        }
+        Err(JournalError::Fenced { stored, .. }) => {
+            tracing::error!(
+                epoch = stored,
+                "another writer took a newer epoch; this one stops writing"
+            );
+            fence(journal, shared, stored);
+            return None;
+        }
+        Err(e @ JournalError::Corrupt { .. }) => {
             // Without a trustworthy state the writer must not go on.
             tracing::error!(error = %e, "cannot reload the ledger state; refusing further writes");
             *shared.fenced.write().unwrap_or_else(|p| p.into_inner()) = Some(i64::MAX);
+            return None;
         }
-    }
+        Err(e) => e.to_string(),
+    };
+    outage.delay = (outage.delay * 2).clamp(RECONNECT_FIRST, RECONNECT_MAX);
+    outage.next_try = Instant::now() + outage.delay;
+    tracing::warn!(error = %error, retry_in_ms = outage.delay.as_millis() as u64, "the journal is out of reach");
+    outage.error = error;
+    *shared.outage.write().unwrap_or_else(|p| p.into_inner()) = Some(outage.error.clone());
+    Some(outage)
 }

@@ -55,6 +55,8 @@ pub enum RunError {
     Serve(std::io::Error),
     #[error("{0}")]
     LostLease(String),
+    #[error("this writer was fenced off by a newer writer (epoch {0}): it stopped and gave up the lease")]
+    Fenced(i64),
 }
 
 /// Applies the four CRDs with server-side apply, so an upgrade of the
@@ -237,6 +239,25 @@ async fn serve(
             let _ = stop.changed().await;
         }))
     };
+    // A writer fenced off for real (another process took a newer epoch of
+    // the journal) will never write again: stop, so the lease is handed
+    // back and a standby leads, and `/healthz` fails meanwhile.
+    let fence_watch = {
+        let (ledger, stop_tx, mut stop) = (ledger.clone(), stop_tx.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(FENCE_CHECK_EVERY) => {}
+                    _ = stop.changed() => return None,
+                }
+                if let Some(epoch) = ledger.fenced() {
+                    tracing::error!(epoch, "fenced off by a newer writer; stopping and giving up the lease");
+                    let _ = stop_tx.send(true);
+                    return Some(epoch);
+                }
+            }
+        })
+    };
     let sweeper = {
         let (client, ledger, every) = (client.clone(), ledger.clone(), options.operator.staleness);
         tokio::spawn(async move {
@@ -285,6 +306,13 @@ async fn serve(
     let _ = stop_tx.send(true);
     sweeper.abort();
     let _ = controller.await;
+    let fenced = fence_watch.await.ok().flatten();
     tokio::task::spawn_blocking(move || ledger.shutdown()).await.ok();
+    if let Some(epoch) = fenced {
+        return Err(RunError::Fenced(epoch));
+    }
     served.map_err(RunError::Serve)
 }
+
+/// How often the operator checks whether its writer was fenced off.
+const FENCE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
