@@ -795,3 +795,118 @@ on_both_backends! {
         eprintln!("{} batches for {} entries", stats.batches, stats.entries);
     }
 }
+
+/// A real SQLite journal whose commits wait while the test holds its gate
+/// shut: a writer stuck on a slow disk.
+struct Gated {
+    inner: Box<dyn journal::Journal>,
+    gate: Arc<(std::sync::Mutex<(bool, bool)>, std::sync::Condvar)>,
+}
+
+impl journal::Journal for Gated {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    fn epoch(&self) -> i64 {
+        self.inner.epoch()
+    }
+    fn attach(&self) -> Result<Box<dyn journal::Journal>, journal::JournalError> {
+        self.inner.attach()
+    }
+    fn append(&mut self, entries: &[JournalEntry]) -> Result<(), journal::JournalError> {
+        let (lock, wake) = &*self.gate;
+        let mut g = lock.lock().unwrap();
+        // (shut, a commit is waiting)
+        g.1 = true;
+        wake.notify_all();
+        while g.0 {
+            g = wake.wait(g).unwrap();
+        }
+        g.1 = false;
+        drop(g);
+        self.inner.append(entries)
+    }
+    fn latest_snapshot(&mut self) -> Result<Option<State>, journal::JournalError> {
+        self.inner.latest_snapshot()
+    }
+    fn replay_after(&mut self, seq: u64, f: &mut dyn FnMut(JournalEntry)) -> Result<(), journal::JournalError> {
+        self.inner.replay_after(seq, f)
+    }
+    fn save_snapshot(&mut self, state: &State) -> Result<(), journal::JournalError> {
+        self.inner.save_snapshot(state)
+    }
+}
+
+#[test]
+fn a_full_queue_answers_busy_at_once_and_every_queued_command_still_commits() {
+    use credit_operator::ledger::writer::QUEUE_DEPTH;
+    let db = sqlite_db();
+    let gate = Arc::new((std::sync::Mutex::new((false, false)), std::sync::Condvar::new()));
+    let journal = Gated {
+        inner: journal::open(&db.url).unwrap(),
+        gate: gate.clone(),
+    };
+    let clock = credit_operator::clock::ManualClock::new(t("2026-11-26T10:00:00Z"));
+    let ledger = Ledger::start(Box::new(journal), Arc::new(clock), LedgerOptions::default()).unwrap();
+    let usage = |key: String| Command::RecordUsage {
+        labels: Default::default(),
+        account: ACCOUNT.into(),
+        member: "u-alice".into(),
+        charge: Charge::Credits(amt("1")),
+        key,
+        occurred_at: None,
+    };
+    for command in [
+        Command::ApplyAccount {
+            account: ACCOUNT.into(),
+            settings: AccountSettings::new(amt("1000000"), "CalendarMonth", "UTC", amt("1"), amt("0"), "default")
+                .unwrap(),
+        },
+        Command::ApplyGroup {
+            account: ACCOUNT.into(),
+            name: "default".into(),
+            settings: GroupSettings::new(amt("1000000"), amt("0"), amt("0")).unwrap(),
+        },
+        Command::ApplyMember {
+            account: ACCOUNT.into(),
+            member: spec("alice", None, Some("1000000"), "0"),
+        },
+    ] {
+        ledger.execute_blocking(command).unwrap();
+    }
+    // The disk stalls: the writer waits in a commit.
+    let (lock, wake) = &*gate;
+    lock.lock().unwrap().0 = true;
+    let first = ledger.submit(usage("first".into()));
+    let mut g = lock.lock().unwrap();
+    while !g.1 {
+        g = wake.wait(g).unwrap();
+    }
+    drop(g);
+    // The queue takes QUEUE_DEPTH commands; the next is refused at once,
+    // without waiting for room.
+    let queued: Vec<_> = (0..QUEUE_DEPTH)
+        .map(|i| ledger.submit(usage(format!("q{i}"))))
+        .collect();
+    let started = std::time::Instant::now();
+    let mut refused = ledger.submit(usage("one-too-many".into()));
+    let answer = refused.try_recv().expect("answered at once");
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    assert_eq!(answer, Err(LedgerError::Busy(QUEUE_DEPTH)));
+    assert_eq!(LedgerError::Busy(QUEUE_DEPTH).code(), "busy");
+    // The disk recovers: everything queued commits, the refused one left nothing.
+    lock.lock().unwrap().0 = false;
+    wake.notify_all();
+    assert!(matches!(first.blocking_recv().unwrap(), Ok(Outcome::Usage(_))));
+    for rx in queued {
+        assert!(matches!(rx.blocking_recv().unwrap(), Ok(Outcome::Usage(ref r)) if !r.duplicate));
+    }
+    let used = |l: &Ledger| l.read().accounts[ACCOUNT].members.get("u-alice").unwrap().tally.used;
+    assert_eq!(used(&ledger), amt(&(QUEUE_DEPTH + 1).to_string()));
+    let Outcome::Usage(retry) = ledger.execute_blocking(usage("one-too-many".into())).unwrap() else {
+        panic!()
+    };
+    assert!(!retry.duplicate, "the refused command was never recorded");
+    assert_eq!(used(&ledger), amt(&(QUEUE_DEPTH + 2).to_string()));
+    ledger.shutdown();
+}

@@ -55,7 +55,7 @@ impl From<LedgerError> for ApiError {
             | MemberNotFound(_)
             | HoldClosed { .. }
             | InsufficientCredits { .. } => StatusCode::CONFLICT,
-            Storage(_) | Fenced(_) | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Storage(_) | Fenced(_) | ShuttingDown | Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         let mut body = ErrorOut {
             error: e.code().to_string(),
@@ -71,7 +71,7 @@ impl From<LedgerError> for ApiError {
         }
         // Storage comes back by itself (the writer reconnects): worth a
         // retry with the same idempotency key in a second.
-        let retry_after = matches!(e, Storage(_) | ShuttingDown).then_some(1);
+        let retry_after = matches!(e, Storage(_) | ShuttingDown | Busy(_)).then_some(1);
         ApiError {
             status,
             body,
@@ -89,5 +89,24 @@ impl IntoResponse for ApiError {
                 .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_or_unreachable_ledger_answers_503_with_retry_after() {
+        for (error, code) in [
+            (LedgerError::Busy(65_536), "busy"),
+            (LedgerError::Storage("connection closed".into()), "storage_unavailable"),
+        ] {
+            let response = ApiError::from(error).into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "1", "{code}");
+        }
+        let fenced = ApiError::from(LedgerError::Fenced(3));
+        assert_eq!((fenced.body.error.as_str(), fenced.retry_after), ("fenced", None));
     }
 }

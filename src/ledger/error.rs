@@ -38,6 +38,9 @@ pub enum LedgerError {
     Fenced(i64),
     #[error("the ledger is shutting down")]
     ShuttingDown,
+    /// The writer's queue is full; nothing was queued.
+    #[error("the ledger is busy: {0} commands are waiting for the writer; retry in a moment")]
+    Busy(usize),
 }
 
 impl LedgerError {
@@ -64,6 +67,7 @@ impl LedgerError {
             Storage(_) => "storage_unavailable",
             Fenced(_) => "fenced",
             ShuttingDown => "shutting_down",
+            Busy(_) => "busy",
         }
     }
 }

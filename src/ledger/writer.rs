@@ -30,8 +30,10 @@ use crate::clock::Clock;
 
 /// Most commands in one commit.
 pub const MAX_BATCH: usize = 4096;
-/// Commands that may wait for the writer before callers are slowed down.
-const QUEUE_DEPTH: usize = 65_536;
+/// Commands that may wait for the writer; past that an async caller is
+/// answered [`LedgerError::Busy`] at once (503 with `Retry-After`) instead
+/// of blocking a runtime thread.
+pub const QUEUE_DEPTH: usize = 65_536;
 /// Entries between snapshots.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1_000_000;
 /// First wait before the writer connects again after a failed write; it
@@ -164,25 +166,38 @@ impl Ledger {
         &self.clock
     }
 
-    /// Queues a command; the answer arrives once its batch is durable.
+    /// Queues a command without waiting for room; the answer arrives once
+    /// its batch is durable, or at once as [`LedgerError::Busy`] when
+    /// [`QUEUE_DEPTH`] commands are already waiting.
     pub fn submit(&self, command: Command) -> oneshot::Receiver<Result<Outcome, LedgerError>> {
         let (reply, rx) = oneshot::channel();
-        if let Err(mpsc::SendError(Message::Command(job))) = self.tx.send(Message::Command(Job { command, reply })) {
-            let _ = job.reply.send(Err(LedgerError::ShuttingDown));
+        match self.tx.try_send(Message::Command(Job { command, reply })) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(Message::Command(job))) => {
+                let _ = job.reply.send(Err(LedgerError::Busy(QUEUE_DEPTH)));
+            }
+            Err(mpsc::TrySendError::Disconnected(Message::Command(job))) => {
+                let _ = job.reply.send(Err(LedgerError::ShuttingDown));
+            }
+            Err(_) => {}
         }
         rx
     }
 
-    /// Runs a command and waits for its durable answer.
+    /// Runs a command and waits for its durable answer; never blocks the
+    /// runtime's thread (a full queue answers [`LedgerError::Busy`]).
     pub async fn execute(&self, command: Command) -> Result<Outcome, LedgerError> {
         self.submit(command).await.unwrap_or(Err(LedgerError::ShuttingDown))
     }
 
-    /// [`Ledger::execute`] for callers outside an async runtime.
+    /// [`Ledger::execute`] for callers outside an async runtime: waits for
+    /// room in the queue, then for the durable answer.
     pub fn execute_blocking(&self, command: Command) -> Result<Outcome, LedgerError> {
-        self.submit(command)
-            .blocking_recv()
-            .unwrap_or(Err(LedgerError::ShuttingDown))
+        let (reply, rx) = oneshot::channel();
+        if let Err(mpsc::SendError(Message::Command(job))) = self.tx.send(Message::Command(Job { command, reply })) {
+            let _ = job.reply.send(Err(LedgerError::ShuttingDown));
+        }
+        rx.blocking_recv().unwrap_or(Err(LedgerError::ShuttingDown))
     }
 
     /// Reads the state. Boundaries that passed since the last command are
