@@ -104,6 +104,27 @@ pub fn decode_snapshot(seq: u64, body: &str) -> Result<State, JournalError> {
     })
 }
 
+/// Most bytes of a snapshot stored in one value: far below the 1 GB both
+/// databases allow in one text value, however large the state grows.
+pub const SNAPSHOT_PART_BYTES: usize = 64 << 20;
+
+/// `body` cut into pieces of at most `max` bytes, each ending on a
+/// character boundary; joined in order they are `body` again.
+pub fn snapshot_parts(body: &str, max: usize) -> Vec<&str> {
+    let mut parts = Vec::with_capacity(body.len() / max.max(1) + 1);
+    let mut rest = body;
+    while !rest.is_empty() {
+        let mut end = rest.len().min(max.max(4));
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (part, tail) = rest.split_at(end);
+        parts.push(part);
+        rest = tail;
+    }
+    parts
+}
+
 /// Decodes a stored event (its amounts read as records, like a snapshot's).
 pub(crate) fn decode(
     seq: u64,
@@ -136,9 +157,10 @@ pub(crate) fn nanos(entry: &JournalEntry) -> Result<i64, JournalError> {
 }
 
 /// Schema versions, applied in order by both backends.
-pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE journal (
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE journal (
         seq BIGINT PRIMARY KEY,
         account TEXT NOT NULL,
         idem_key TEXT,
@@ -156,4 +178,36 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
         epoch BIGINT NOT NULL
     );
     INSERT INTO writer_epoch (id, epoch) VALUES (1, 0);",
-)];
+    ),
+    // Snapshots in parts of at most SNAPSHOT_PART_BYTES; `parts = 0` is a
+    // snapshot of version 1, whole in `snapshots.body`. (SQLite keeps new
+    // snapshots in a file of their own, see `sqlite`.)
+    (
+        2,
+        "ALTER TABLE snapshots ADD COLUMN parts INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE snapshot_parts (
+        seq BIGINT NOT NULL,
+        part INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (seq, part)
+    );",
+    ),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_parts_end_on_character_boundaries_and_join_to_the_body() {
+        let body = "ab€cd€€e".repeat(50);
+        for max in [4, 5, 7, 64, 10_000] {
+            let parts = snapshot_parts(&body, max);
+            assert!(parts.iter().all(|p| p.len() <= max.max(4) && !p.is_empty()), "{max}");
+            assert_eq!(parts.concat(), body, "{max}");
+        }
+        assert_eq!(snapshot_parts(&body, 10_000).len(), 1);
+        assert_eq!(snapshot_parts(&"x".repeat(10), 4), vec!["xxxx", "xxxx", "xx"]);
+        assert!(snapshot_parts("", 4).is_empty());
+    }
+}

@@ -2,7 +2,10 @@
 
 use postgres::{Client, NoTls};
 
-use super::journal::{decode, decode_snapshot, encode, encode_snapshot, nanos, Journal, JournalError, MIGRATIONS};
+use super::journal::{
+    decode, decode_snapshot, encode, encode_snapshot, nanos, snapshot_parts, Journal, JournalError, MIGRATIONS,
+    SNAPSHOT_PART_BYTES,
+};
 use super::model::JournalEntry;
 use super::state::State;
 
@@ -139,16 +142,28 @@ impl Journal for PostgresJournal {
     }
 
     fn latest_snapshot(&mut self) -> Result<Option<State>, JournalError> {
-        let row = self
+        let Some(row) = self
             .client
-            .query_opt("SELECT seq, body FROM snapshots ORDER BY seq DESC LIMIT 1", &[])
-            .map_err(backend)?;
-        row.map(|row| {
-            let seq: i64 = row.get(0);
-            let body: &str = row.get(1);
-            decode_snapshot(seq as u64, body)
-        })
-        .transpose()
+            .query_opt("SELECT seq, body, parts FROM snapshots ORDER BY seq DESC LIMIT 1", &[])
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        let (seq, mut body, parts): (i64, String, i32) = (row.get(0), row.get(1), row.get(2));
+        if parts > 0 {
+            let rows = self
+                .client
+                .query("SELECT body FROM snapshot_parts WHERE seq = $1 ORDER BY part", &[&seq])
+                .map_err(backend)?;
+            if rows.len() != parts as usize {
+                return Err(JournalError::Corrupt {
+                    seq: seq as u64,
+                    message: format!("snapshot: {} of its {parts} parts are stored", rows.len()),
+                });
+            }
+            body = rows.iter().map(|r| r.get::<_, &str>(0)).collect();
+        }
+        decode_snapshot(seq as u64, &body).map(Some)
     }
 
     fn replay_after(&mut self, seq: u64, f: &mut dyn FnMut(JournalEntry)) -> Result<(), JournalError> {
@@ -189,11 +204,25 @@ impl Journal for PostgresJournal {
                 stored,
             });
         }
-        tx.execute(
-            "INSERT INTO snapshots (seq, taken_at, body) VALUES ($1, $2, $3) ON CONFLICT (seq) DO NOTHING",
-            &[&seq, &taken_at, &body],
-        )
-        .map_err(backend)?;
+        let parts = snapshot_parts(&body, SNAPSHOT_PART_BYTES);
+        let stored = tx
+            .execute(
+                "INSERT INTO snapshots (seq, taken_at, body, parts) VALUES ($1, $2, '', $3) ON CONFLICT (seq) DO NOTHING",
+                &[&seq, &taken_at, &(parts.len() as i32)],
+            )
+            .map_err(backend)?;
+        if stored == 1 {
+            for (i, part) in parts.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO snapshot_parts (seq, part, body) VALUES ($1, $2, $3)",
+                    &[&seq, &(i as i32), part],
+                )
+                .map_err(backend)?;
+            }
+        }
+        // Older snapshots are no longer needed for recovery.
+        tx.execute("DELETE FROM snapshot_parts WHERE seq < $1", &[&seq])
+            .map_err(backend)?;
         tx.execute("DELETE FROM snapshots WHERE seq < $1", &[&seq])
             .map_err(backend)?;
         tx.commit().map_err(backend)

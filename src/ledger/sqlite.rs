@@ -1,8 +1,18 @@
 //! The embedded journal: one SQLite file, WAL, `synchronous=FULL`.
+//!
+//! Snapshots live in a second file beside it (`PATH.snapshots`), so that
+//! storing one, however large, never holds the journal's write lock: the
+//! writer waits for nobody but its own commits. The journal alone still
+//! recovers everything; a snapshot only shortens the replay, and one that
+//! is ahead of the journal (a journal restored from an older backup) is
+//! ignored.
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::journal::{decode, decode_snapshot, encode, encode_snapshot, nanos, Journal, JournalError, MIGRATIONS};
+use super::journal::{
+    decode, decode_snapshot, encode, encode_snapshot, nanos, snapshot_parts, Journal, JournalError, MIGRATIONS,
+    SNAPSHOT_PART_BYTES,
+};
 use super::model::JournalEntry;
 use super::state::State;
 
@@ -16,6 +26,52 @@ fn connect(path: &str) -> Result<Connection, JournalError> {
     conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
     conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
     Ok(conn)
+}
+
+/// The snapshot file's schema: as the journal's version 2 snapshots.
+const SNAPSHOT_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS snapshots (
+        seq INTEGER PRIMARY KEY,
+        taken_at INTEGER NOT NULL,
+        parts INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS snapshot_parts (
+        seq INTEGER NOT NULL,
+        part INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (seq, part)
+    );";
+
+/// The newest snapshot in a connection's `snapshots` table: its sequence
+/// number and body, whole (`parts = 0`) or joined from its parts.
+fn newest_snapshot(conn: &Connection) -> Result<Option<(u64, String)>, JournalError> {
+    let row: Option<(i64, i64)> = conn
+        .query_row("SELECT seq, parts FROM snapshots ORDER BY seq DESC LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()
+        .map_err(backend)?;
+    let Some((seq, parts)) = row else { return Ok(None) };
+    if parts == 0 {
+        let body: String = conn
+            .query_row("SELECT body FROM snapshots WHERE seq = ?1", [seq], |r| r.get(0))
+            .map_err(backend)?;
+        return Ok(Some((seq as u64, body)));
+    }
+    let mut stmt = conn
+        .prepare("SELECT body FROM snapshot_parts WHERE seq = ?1 ORDER BY part")
+        .map_err(backend)?;
+    let pieces: Vec<String> = stmt
+        .query_map([seq], |r| r.get(0))
+        .map_err(backend)?
+        .collect::<Result<_, _>>()
+        .map_err(backend)?;
+    if pieces.len() != parts as usize {
+        return Err(JournalError::Corrupt {
+            seq: seq as u64,
+            message: format!("snapshot: {} of its {parts} parts are stored", pieces.len()),
+        });
+    }
+    Ok(Some((seq as u64, pieces.concat())))
 }
 
 const ROWS_PER_INSERT: usize = 64;
@@ -76,6 +132,11 @@ impl SqliteJournal {
             epoch: self.epoch,
             path: self.path.clone(),
         })
+    }
+
+    /// The file beside the journal that holds its snapshots.
+    fn snapshots_path(&self) -> String {
+        format!("{}.snapshots", self.path)
     }
 
     fn migrate(&mut self) -> Result<(), JournalError> {
@@ -155,14 +216,32 @@ impl Journal for SqliteJournal {
     }
 
     fn latest_snapshot(&mut self) -> Result<Option<State>, JournalError> {
-        let row: Option<(i64, String)> = self
-            .conn
-            .query_row("SELECT seq, body FROM snapshots ORDER BY seq DESC LIMIT 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()
-            .map_err(backend)?;
-        row.map(|(seq, body)| decode_snapshot(seq as u64, &body)).transpose()
+        // Snapshots written before they had a file of their own.
+        let mut newest = newest_snapshot(&self.conn)?;
+        if std::path::Path::new(&self.snapshots_path()).exists() {
+            let file = connect(&self.snapshots_path())?;
+            file.execute_batch(SNAPSHOT_SCHEMA).map_err(backend)?;
+            if let Some((seq, body)) = newest_snapshot(&file)? {
+                let in_journal: bool = self
+                    .conn
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM journal WHERE seq = ?1)",
+                        [seq as i64],
+                        |r| r.get(0),
+                    )
+                    .map_err(backend)?;
+                if !in_journal {
+                    tracing::warn!(
+                        seq,
+                        file = %self.snapshots_path(),
+                        "the snapshot is ahead of the journal (a journal restored from an older backup?); replaying the journal instead"
+                    );
+                } else if newest.as_ref().is_none_or(|(old, _)| *old < seq) {
+                    newest = Some((seq, body));
+                }
+            }
+        }
+        newest.map(|(seq, body)| decode_snapshot(seq, &body)).transpose()
     }
 
     fn replay_after(&mut self, seq: u64, f: &mut dyn FnMut(JournalEntry)) -> Result<(), JournalError> {
@@ -189,18 +268,43 @@ impl Journal for SqliteJournal {
     fn save_snapshot(&mut self, state: &State) -> Result<(), JournalError> {
         let body = encode_snapshot(state)?;
         let taken_at = i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX);
-        let tx = self
-            .conn
+        let seq = state.last_seq as i64;
+        let parts = snapshot_parts(&body, SNAPSHOT_PART_BYTES);
+        // The snapshot file's own lock: the journal's writer never waits.
+        let mut file = connect(&self.snapshots_path())?;
+        file.execute_batch(SNAPSHOT_SCHEMA).map_err(backend)?;
+        let tx = file
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(backend)?;
-        tx.execute(
-            "INSERT INTO snapshots (seq, taken_at, body) VALUES (?1, ?2, ?3) ON CONFLICT (seq) DO NOTHING",
-            params![state.last_seq as i64, taken_at, body],
-        )
-        .map_err(backend)?;
-        // Older snapshots are no longer needed for recovery.
-        tx.execute("DELETE FROM snapshots WHERE seq < ?1", [state.last_seq as i64])
+        let stored = tx
+            .execute(
+                "INSERT INTO snapshots (seq, taken_at, parts) VALUES (?1, ?2, ?3) ON CONFLICT (seq) DO NOTHING",
+                params![seq, taken_at, parts.len() as i64],
+            )
             .map_err(backend)?;
-        tx.commit().map_err(backend)
+        if stored == 1 {
+            let mut insert = tx
+                .prepare("INSERT INTO snapshot_parts (seq, part, body) VALUES (?1, ?2, ?3)")
+                .map_err(backend)?;
+            for (i, part) in parts.iter().enumerate() {
+                insert.execute(params![seq, i as i64, part]).map_err(backend)?;
+            }
+        }
+        // Older snapshots are no longer needed for recovery.
+        tx.execute("DELETE FROM snapshot_parts WHERE seq < ?1", [seq])
+            .map_err(backend)?;
+        tx.execute("DELETE FROM snapshots WHERE seq < ?1", [seq])
+            .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        // Snapshots in the journal's own file are older now: drop them
+        // (a short write, once).
+        let legacy: bool = self
+            .conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM snapshots)", [], |r| r.get(0))
+            .map_err(backend)?;
+        if legacy {
+            self.conn.execute("DELETE FROM snapshots", []).map_err(backend)?;
+        }
+        Ok(())
     }
 }
