@@ -442,6 +442,12 @@ impl MemberTable {
         names.into_iter()
     }
 
+    /// The row of `user_id`: rows are never removed, so a row names one
+    /// user id for good.
+    pub fn position(&self, user_id: &str) -> Option<u32> {
+        self.index_of(user_id)
+    }
+
     fn index_of(&self, user_id: &str) -> Option<u32> {
         let hash = self.hasher.hash_one(user_id);
         self.by_id

@@ -451,15 +451,23 @@ impl Emitter<'_> {
 }
 
 /// What idempotency compares: the body's decimal values, not its text.
-/// The member id and the labels are kept as stable 64-bit hashes to keep
-/// keys small.
+/// The member is compared exactly by its row in the account's member
+/// table (rows are never removed: a row is one user id), four bytes a key.
+/// The labels are kept as a stable 64-bit hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fingerprint {
     /// 0 usage, 1 hold.
     pub kind: u8,
+    /// A stable hash of the member id: only in records of older snapshots
+    /// (0 otherwise), which have no `row`.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub member: u64,
+    /// The member's row; [`NO_ROW`] in records of older snapshots.
+    #[serde(default = "no_row", skip_serializing_if = "is_no_row")]
+    pub row: u32,
     pub charge: Charge,
-    pub ttl: u64,
+    /// Seconds (a hold's lifetime is at most a week).
+    pub ttl: u32,
     /// [`Labels::digest`]; 0 without labels (and in older snapshots).
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub labels: u64,
@@ -467,6 +475,53 @@ pub struct Fingerprint {
 
 fn is_zero_u64(n: &u64) -> bool {
     *n == 0
+}
+
+/// No member row: a fingerprint from before rows were recorded.
+pub const NO_ROW: u32 = u32::MAX;
+
+fn no_row() -> u32 {
+    NO_ROW
+}
+
+fn is_no_row(row: &u32) -> bool {
+    *row == NO_ROW
+}
+
+impl Fingerprint {
+    /// The fingerprint of a request by `member`, whose row is `row`.
+    fn new(kind: u8, member: &str, row: Option<u32>, charge: Charge, ttl: u64, labels: u64) -> Fingerprint {
+        let (member, row) = match row {
+            Some(row) => (0, row),
+            // Not enrolled: no row can match, the hash is all there is.
+            None => (stable_hash(member), NO_ROW),
+        };
+        Fingerprint {
+            kind,
+            member,
+            row,
+            charge,
+            // A week fits; anything longer was refused before it got here.
+            ttl: u32::try_from(ttl).unwrap_or(u32::MAX),
+            labels,
+        }
+    }
+
+    /// Whether `now` (a retry by `member`) is the request this record
+    /// answered: exactly by row, or by the member's hash for a record from
+    /// an older snapshot.
+    fn matches(&self, member: &str, now: &Fingerprint) -> bool {
+        if self.row == NO_ROW {
+            *self
+                == Fingerprint {
+                    member: stable_hash(member),
+                    row: NO_ROW,
+                    ..*now
+                }
+        } else {
+            self == now
+        }
+    }
 }
 
 /// The spend a usage or settlement counts for costs: the credits debited
@@ -488,24 +543,12 @@ pub(crate) fn stable_hash(text: &str) -> u64 {
     })
 }
 
-fn fingerprint_usage(member: &str, charge: Charge, labels: &Labels) -> Fingerprint {
-    Fingerprint {
-        kind: 0,
-        member: stable_hash(member),
-        charge,
-        ttl: 0,
-        labels: labels.digest(),
-    }
+fn fingerprint_usage(account: &Account, member: &str, charge: Charge, labels: &Labels) -> Fingerprint {
+    Fingerprint::new(0, member, account.members.position(member), charge, 0, labels.digest())
 }
 
-fn fingerprint_hold(member: &str, charge: Charge, ttl: u64) -> Fingerprint {
-    Fingerprint {
-        kind: 1,
-        member: stable_hash(member),
-        charge,
-        ttl,
-        labels: 0,
-    }
+fn fingerprint_hold(account: &Account, member: &str, charge: Charge, ttl: u64) -> Fingerprint {
+    Fingerprint::new(1, member, account.members.position(member), charge, ttl, 0)
 }
 
 impl State {
@@ -680,10 +723,11 @@ impl State {
                 account.costs.record(labels, spend);
                 if let Some(key) = &entry.key {
                     let receipt = account.usage_receipt(member, *credits);
+                    let fingerprint = fingerprint_usage(account, member, *charge, labels);
                     account.keys.insert(
                         key.clone(),
                         KeyRecord {
-                            fingerprint: fingerprint_usage(member, *charge, labels),
+                            fingerprint,
                             answer: KeyAnswer::Usage(receipt),
                         },
                     );
@@ -776,10 +820,11 @@ impl State {
                 account.hold_delta(member, *credits);
                 if let Some(key) = &entry.key {
                     let ttl = expires_at.as_second() - at.as_second();
+                    let fingerprint = fingerprint_hold(account, member, *charge, ttl.max(0) as u64);
                     account.keys.insert(
                         key.clone(),
                         KeyRecord {
-                            fingerprint: fingerprint_hold(member, *charge, ttl.max(0) as u64),
+                            fingerprint,
                             answer: KeyAnswer::Hold(id.clone()),
                         },
                     );
@@ -1160,7 +1205,9 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
             if let Some(record) = acct.keys.get(&key) {
                 return match (
                     &record.answer,
-                    record.fingerprint == fingerprint_usage(&member, charge, &labels),
+                    record
+                        .fingerprint
+                        .matches(&member, &fingerprint_usage(acct, &member, charge, &labels)),
                 ) {
                     (KeyAnswer::Usage(receipt), true) => Ok(Outcome::Usage(UsageReceipt {
                         duplicate: true,
@@ -1318,7 +1365,9 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
             if let Some(record) = acct.keys.get(&key) {
                 return match (
                     &record.answer,
-                    record.fingerprint == fingerprint_hold(&member, charge, ttl_seconds),
+                    record
+                        .fingerprint
+                        .matches(&member, &fingerprint_hold(acct, &member, charge, ttl_seconds)),
                 ) {
                     (KeyAnswer::Hold(id), true) if acct.holds[id].member == member => {
                         Ok(Outcome::Hold(acct.holds[id].opened_view()))
@@ -1423,5 +1472,102 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
             }
             Ok(Outcome::Hold(em.state.accounts[&account].holds[&id].view(false)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(state: &mut State, cmd: Command) -> Result<Outcome, LedgerError> {
+        let now: Timestamp = "2026-11-26T10:00:00Z".parse().unwrap();
+        state.handle(cmd, now, &mut Vec::new())
+    }
+
+    fn member(name: &str, user_id: &str) -> Command {
+        Command::ApplyMember {
+            account: "ns/a".into(),
+            member: MemberSpec {
+                name: name.into(),
+                user_id: user_id.into(),
+                email: format!("{name}@example.com"),
+                display_name: name.into(),
+                group: None,
+                monthly_credits: Some(Amount::from_int(100)),
+                extra_credits: Amount::ZERO,
+            },
+        }
+    }
+
+    fn usage(user_id: &str, key: &str) -> Command {
+        Command::RecordUsage {
+            account: "ns/a".into(),
+            member: user_id.into(),
+            charge: Charge::Credits(Amount::from_int(5)),
+            key: key.into(),
+            occurred_at: None,
+            labels: Labels::default(),
+        }
+    }
+
+    #[test]
+    fn a_retry_names_the_same_member_by_value_and_older_records_by_hash() {
+        let mut state = State::default();
+        let settings = AccountSettings::new(
+            Amount::from_int(1000),
+            "1d",
+            "UTC",
+            Amount::from_int(1),
+            Amount::ZERO,
+            "default",
+        )
+        .unwrap();
+        run(
+            &mut state,
+            Command::ApplyAccount {
+                account: "ns/a".into(),
+                settings,
+            },
+        )
+        .unwrap();
+        run(&mut state, member("alice", "u-alice")).unwrap();
+        run(&mut state, member("bob", "u-bob")).unwrap();
+        run(&mut state, usage("u-alice", "k1")).unwrap();
+        let acct = &state.accounts["ns/a"];
+        let stored = acct.keys["k1"].fingerprint;
+        // The member is kept as its row: the user id exactly, no hash.
+        assert_eq!(
+            (stored.row, stored.member),
+            (acct.members.position("u-alice").unwrap(), 0)
+        );
+        assert!(matches!(run(&mut state, usage("u-alice", "k1")), Ok(Outcome::Usage(ref r)) if r.duplicate));
+        assert!(matches!(
+            run(&mut state, usage("u-bob", "k1")),
+            Err(LedgerError::IdempotencyConflict(_))
+        ));
+        // A record from an older snapshot has only the hash: still the
+        // same answers.
+        let record = state.accounts.get_mut("ns/a").unwrap().keys.get_mut("k1").unwrap();
+        record.fingerprint.row = NO_ROW;
+        record.fingerprint.member = stable_hash("u-alice");
+        let old = serde_json::to_string(&state).unwrap();
+        let mut restored: State = serde_json::from_str(&old).unwrap();
+        assert_eq!(restored.accounts["ns/a"].keys["k1"].fingerprint.row, NO_ROW);
+        assert!(matches!(run(&mut restored, usage("u-alice", "k1")), Ok(Outcome::Usage(ref r)) if r.duplicate));
+        assert!(matches!(
+            run(&mut restored, usage("u-bob", "k1")),
+            Err(LedgerError::IdempotencyConflict(_))
+        ));
+        // The row decides: the same record pointed at bob's row answers
+        // bob's retry and refuses alice's.
+        let record = restored.accounts.get_mut("ns/a").unwrap().keys.get_mut("k1").unwrap();
+        record.fingerprint.row = 1;
+        record.fingerprint.member = 0;
+        assert_eq!(restored.accounts["ns/a"].members.position("u-bob"), Some(1));
+        assert!(matches!(run(&mut restored, usage("u-bob", "k1")), Ok(Outcome::Usage(ref r)) if r.duplicate));
+        assert!(matches!(
+            run(&mut restored, usage("u-alice", "k1")),
+            Err(LedgerError::IdempotencyConflict(_))
+        ));
     }
 }
