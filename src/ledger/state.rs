@@ -43,6 +43,14 @@ fn at_most(limit: u64) -> rust_decimal::Decimal {
     rust_decimal::Decimal::from(limit)
 }
 
+/// Whether adding `credits` would take `total` past [`MAX_TOTAL`].
+fn past_total(total: Amount, credits: Amount) -> bool {
+    total
+        .decimal()
+        .checked_add(credits.decimal())
+        .is_none_or(|t| t > at_most(MAX_TOTAL))
+}
+
 /// Figures that belong to one cycle.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
@@ -951,13 +959,7 @@ fn check_room(account: &Account, user_id: &str, credits: Amount, charge: Charge)
         .get(user_id)
         .map(|m| m.tally.at(cycle).used)
         .unwrap_or_default();
-    let over = |total: Amount| {
-        total
-            .decimal()
-            .checked_add(credits.decimal())
-            .is_none_or(|t| t > at_most(MAX_TOTAL))
-    };
-    if over(account.used) || over(member_used) {
+    if past_total(account.used, credits) || past_total(member_used, credits) {
         return Err(LedgerError::field(
             charge_field(charge),
             format!("would take this cycle's usage past the ledger's ceiling of {MAX_TOTAL} credits"),
@@ -978,13 +980,7 @@ fn check_grant_room(account: &Account, member: &str, credits: Amount) -> Result<
         Some(m.tally.at(cycle).granted),
         group.map(|g| g.tally.at(cycle).granted),
     ];
-    let over = granted.into_iter().flatten().any(|total| {
-        total
-            .decimal()
-            .checked_add(credits.decimal())
-            .is_none_or(|t| t > at_most(MAX_TOTAL))
-    });
-    if over {
+    if granted.into_iter().flatten().any(|total| past_total(total, credits)) {
         return Err(LedgerError::field(
             "status.approval.credits",
             format!("would take the credits granted this cycle past the ledger's ceiling of {MAX_TOTAL}"),
