@@ -91,6 +91,80 @@ on_both_backends! {
         assert_eq!(f.member_figures("u-alice").used, amt("15"));
     }
 
+    fn a_closed_cycle_keeps_the_members_and_settings_it_had_before_and_after_restarts(db: &Db) {
+        let mut f = Fixture::new(db);
+        f.account("100000", "1d");
+        f.group("default", "1000", "0", "0");
+        f.group("data", "5000", "0", "0");
+        f.member("alice", Some("data"), Some("1000"), "0");
+        f.member("bob", Some("data"), Some("800"), "0");
+        f.member("carol", Some("data"), Some("600"), "50");
+        f.member("dave", None, Some("300"), "0");
+        f.usage("u-alice", "100", "a1").unwrap();
+        f.usage("u-bob", "50", "b1").unwrap();
+
+        f.clock.advance(hours(25));
+        f.ledger.catch_up_blocking(None).unwrap();
+        // Cycle 2 changes the group: carol's allocation, bob leaves, erin
+        // joins, dave moves in; alice spends again.
+        f.member("carol", Some("data"), Some("900"), "0");
+        f.ok(Command::RemoveMember {
+            account: ACCOUNT.into(),
+            user_id: "u-bob".into(),
+        });
+        f.member("erin", Some("data"), Some("700"), "0");
+        f.member("dave", Some("data"), Some("300"), "0");
+        f.usage("u-alice", "10", "a2").unwrap();
+
+        // (user, monthly, extra, used) of cycle 1's `data`, by user id.
+        let cycle_one = |f: &Fixture| {
+            let state = f.state();
+            let acct = &state.accounts[ACCOUNT];
+            let groups = numbers::closed_groups(acct, 1).expect("cycle 1 is closed");
+            let data = groups.iter().find(|g| g.name == "data").expect("data in cycle 1").clone();
+            let mut listed: Vec<(String, String, String, String)> = numbers::members_in(acct, "data", 1)
+                .map(|m| numbers::member(acct, m, 1))
+                .map(|m| (m.user_id, m.monthly.to_string(), m.extra.to_string(), m.used.to_string()))
+                .collect();
+            listed.sort();
+            let default_members = numbers::members_in(acct, "default", 1).count();
+            (data.members, data.distributed, data.used, listed, default_members)
+        };
+        let expected = (
+            3,
+            amt("2450"),
+            amt("150"),
+            vec![
+                ("u-alice".to_string(), "1000".to_string(), "0".to_string(), "100".to_string()),
+                ("u-bob".to_string(), "800".to_string(), "0".to_string(), "50".to_string()),
+                ("u-carol".to_string(), "600".to_string(), "50".to_string(), "0".to_string()),
+            ],
+            1,
+        );
+        assert_eq!(cycle_one(&f), expected, "cycle 1 as it was, not as cycle 2 made it");
+        let now = f.group_figures("data");
+        assert_eq!((now.members, now.distributed), (4, amt("2900")), "cycle 2: alice, carol, erin, dave");
+
+        f.restart();
+        assert_eq!(cycle_one(&f), expected, "the same after a replay of the journal");
+        f.ledger.snapshot_blocking().unwrap();
+        f.restart();
+        assert_eq!(cycle_one(&f), expected, "the same after a snapshot restore");
+
+        // A third cycle in which nobody of `data` did anything: cycle 2 is
+        // kept as it ended, quiet members included.
+        f.clock.advance(hours(24));
+        f.ledger.catch_up_blocking(None).unwrap();
+        f.restart();
+        let state = f.state();
+        let acct = &state.accounts[ACCOUNT];
+        let two = numbers::closed_groups(acct, 2).unwrap();
+        let data = two.iter().find(|g| g.name == "data").unwrap();
+        assert_eq!((data.members, data.distributed, data.used), (4, amt("2900"), amt("10")));
+        assert_eq!(numbers::members_in(acct, "data", 2).count(), 4);
+        assert_eq!(numbers::members_in(acct, "default", 2).count(), 0);
+    }
+
     fn a_scheduled_reset_happens_once_across_restarts_and_downtime(db: &Db) {
         let mut f = Fixture::new(db);
         f.account("1000", "1d");

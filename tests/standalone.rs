@@ -413,9 +413,19 @@ fn every_call_of_the_api_answers_with_the_documented_shapes() {
     let closed = s.get(&format!("{A}/overview?cycle=1"));
     assert_eq!(closed["used"], "800");
     assert_eq!(s.get(&format!("{A}/overview"))["used"], "0");
+    let closed_members = s.get(&format!("{A}/groups/ml/members?cycle=1"));
+    assert_eq!(closed_members["items"][1]["used"], "650");
+    let closed_groups = s.get(&format!("{A}/groups?cycle=1"));
+    let ml = closed_groups["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "ml")
+        .unwrap();
     assert_eq!(
-        s.get(&format!("{A}/groups/ml/members?cycle=1"))["items"][1]["used"],
-        "650"
+        (ml["members"].as_u64(), closed_members["total"].as_u64()),
+        (Some(2), Some(2)),
+        "a closed group counts the members it lists"
     );
 
     assert_eq!(s.get("/healthz")["status"], "ok");

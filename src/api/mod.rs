@@ -693,8 +693,7 @@ async fn members(
     let state = s.ledger.read();
     let acct = state.active_account(&id)?;
     let cycle = cycle_param(&params, acct)?;
-    let current = cycle == acct.cycle.number;
-    let known = if current {
+    let known = if cycle == acct.cycle.number {
         acct.groups.get(&group).is_some_and(|g| g.active)
     } else {
         numbers::closed_groups(acct, cycle).is_some_and(|gs| gs.iter().any(|g| g.name == group))
@@ -703,19 +702,9 @@ async fn members(
         return Err(LedgerError::UnknownGroup(group).into());
     }
     let needle = params.0.get("search").map(|s| s.to_lowercase()).unwrap_or_default();
-    let mut items: Vec<numbers::MemberFigures> = acct
-        .members
-        .values()
-        .filter(|m| {
-            if current {
-                m.active
-            } else {
-                m.closed(cycle).is_some() || m.tally.cycle == cycle
-            }
-        })
+    let mut items: Vec<numbers::MemberFigures> = numbers::members_in(acct, &group, cycle)
         .filter(|m| matches_search(m, &needle))
         .map(|m| numbers::member(acct, m, cycle))
-        .filter(|f| f.group == group)
         .collect();
     items.sort_by(|a, b| (&a.email, &a.user_id).cmp(&(&b.email, &b.user_id)));
     let (items, total) = page(items, page_no, size);

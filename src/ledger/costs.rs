@@ -306,7 +306,7 @@ pub fn breakdown(account: &Account, cycle: u64, by: CostDimension) -> Option<Bre
             .members
             .values()
             .map(|m| {
-                let sum = match m.closed(cycle) {
+                let sum = match m.as_of(cycle, &account.settings.default_group) {
                     Some(h) if !current => h.spent(),
                     _ => m.tally.at(cycle).spent(),
                 };

@@ -49,7 +49,8 @@ impl MemberTally {
     }
 }
 
-/// A closed cycle of a member.
+/// A member in one cycle: its figures, and the settings in force and
+/// whether it was enrolled as the cycle ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberCycle {
     pub group: String,
@@ -61,6 +62,18 @@ pub struct MemberCycle {
     pub cost_usd: Amount,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub events: u64,
+    /// False when the member was removed before the cycle ended. Records
+    /// of older snapshots have no such field: they were enrolled.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 super::costs::spending!(MemberTally, MemberCycle);
@@ -303,8 +316,10 @@ impl Member {
         self.extra_credits = spec.extra_credits;
     }
 
-    /// Moves the tally to `cycle`; the figures of the cycle it leaves go to
-    /// the history (with the group the member counted in then).
+    /// Moves the tally to `cycle`; the cycle it leaves goes to the history
+    /// with its figures and the settings in force until now, even without
+    /// activity: every change of settings, group or enrolment rolls first,
+    /// so a record also stands for the quiet cycles after it.
     pub fn roll(&mut self, cycle: u64, default_group: &str) {
         if self.tally.cycle == cycle {
             return;
@@ -316,25 +331,54 @@ impl Member {
                 ..MemberTally::default()
             },
         );
-        if old.cycle != 0 && (!old.used.is_zero() || !old.granted.is_zero() || old.events > 0) {
-            let record = MemberCycle {
-                group: self.group().unwrap_or(default_group).to_string(),
-                monthly: self.monthly(),
-                extra: self.extra_credits,
-                used: old.used,
-                granted: old.granted,
-                cost_usd: old.cost_usd,
-                events: old.events,
-            };
+        if old.cycle != 0 {
+            let record = self.record(&old, default_group);
             self.history
                 .get_or_insert_with(Default::default)
                 .insert(old.cycle, record);
         }
     }
 
-    /// The member's record of a closed cycle.
+    fn record(&self, t: &MemberTally, default_group: &str) -> MemberCycle {
+        MemberCycle {
+            group: self.group().unwrap_or(default_group).to_string(),
+            monthly: self.monthly(),
+            extra: self.extra_credits,
+            used: t.used,
+            granted: t.granted,
+            cost_usd: t.cost_usd,
+            events: t.events,
+            active: self.active,
+        }
+    }
+
+    /// The member's recorded history entry for `cycle`, if it had one.
     pub fn closed(&self, cycle: u64) -> Option<&MemberCycle> {
         self.history.as_ref().and_then(|h| h.get(&cycle))
+    }
+
+    /// What this member was in `cycle`: its figures, and its settings and
+    /// enrolment as that cycle ended; `None` when it was first enrolled
+    /// later. The same before and after a restart: it reads only what a
+    /// snapshot and a replay both rebuild. `default_group` is the account's
+    /// current one, for a member untouched since `cycle`.
+    pub fn as_of(&self, cycle: u64, default_group: &str) -> Option<MemberCycle> {
+        if cycle >= self.tally.cycle {
+            // Untouched since: today's settings were those of then.
+            let t = self.tally.at(cycle);
+            return Some(self.record(&t, default_group));
+        }
+        let history = self.history.as_deref()?;
+        // The latest record at or before `cycle`; a later one's absence
+        // means nothing changed between them.
+        let (&at, record) = history.range(..=cycle).next_back()?;
+        let mut record = record.clone();
+        if at != cycle {
+            let quiet = MemberTally::default();
+            (record.used, record.granted, record.cost_usd, record.events) =
+                (quiet.used, quiet.granted, quiet.cost_usd, quiet.events);
+        }
+        Some(record)
     }
 }
 

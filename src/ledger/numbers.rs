@@ -115,13 +115,17 @@ pub fn auto_approve_remaining(group: &Group, cycle: u64) -> Amount {
     (group.settings.auto_approve_reserve - group.tally.at(cycle).auto_granted).max(Amount::ZERO)
 }
 
-/// A member's figures in `cycle` (the current one, or a closed one from
-/// its history).
+/// A member's figures in `cycle`: the current one, or a closed one as the
+/// member was then (settings and group included). A member enrolled only
+/// after a closed cycle shows zeros under today's settings.
 pub fn member(account: &Account, m: &Member, cycle: u64) -> MemberFigures {
     let current = cycle == account.cycle.number;
-    let (group, monthly, extra, used, granted) = match m.closed(cycle) {
-        Some(h) if !current => (h.group.clone(), h.monthly, h.extra, h.used, h.granted),
-        _ => {
+    let then = (!current)
+        .then(|| m.as_of(cycle, &account.settings.default_group))
+        .flatten();
+    let (group, monthly, extra, used, granted, active) = match then {
+        Some(h) => (h.group, h.monthly, h.extra, h.used, h.granted, h.active),
+        None => {
             let t = m.tally.at(cycle);
             (
                 account.group_of(m).to_string(),
@@ -129,6 +133,7 @@ pub fn member(account: &Account, m: &Member, cycle: u64) -> MemberFigures {
                 m.extra_credits,
                 t.used,
                 t.granted,
+                m.active && (current || cycle >= m.tally.cycle),
             )
         }
     };
@@ -139,7 +144,7 @@ pub fn member(account: &Account, m: &Member, cycle: u64) -> MemberFigures {
         email: m.email().to_string(),
         display_name: m.display_name().to_string(),
         group,
-        active: m.active,
+        active,
         monthly,
         extra,
         granted,
@@ -148,6 +153,19 @@ pub fn member(account: &Account, m: &Member, cycle: u64) -> MemberFigures {
         remaining: allocation - used,
         held: if current { m.held } else { Amount::ZERO },
     }
+}
+
+/// The members a group had in `cycle`: its active members in the current
+/// one; in a closed one, those enrolled in it as that cycle ended.
+pub fn members_in<'a>(account: &'a Account, group: &'a str, cycle: u64) -> Box<dyn Iterator<Item = &'a Member> + 'a> {
+    if cycle == account.cycle.number {
+        return Box::new(members_of(account, group));
+    }
+    let default_group = account.settings.default_group.as_str();
+    Box::new(account.members.values().filter(move |m| {
+        m.as_of(cycle, default_group)
+            .is_some_and(|h| h.active && h.group == group)
+    }))
 }
 
 /// The active members of a group, as of the current cycle.
@@ -192,12 +210,10 @@ pub fn closed_groups(account: &Account, cycle: u64) -> Option<Vec<GroupFigures>>
             .iter()
             .map(|g| {
                 let (mut distributed, mut count) = (Amount::ZERO, 0u32);
-                for m in account.members.values() {
+                for m in members_in(account, &g.name, cycle) {
                     let f = member(account, m, cycle);
-                    if f.group == g.name && (m.closed(cycle).is_some() || m.active) {
-                        distributed += f.monthly + f.extra;
-                        count += 1;
-                    }
+                    distributed += f.monthly + f.extra;
+                    count += 1;
                 }
                 let budget = g.settings.budget();
                 GroupFigures {
