@@ -45,6 +45,13 @@ pub struct BenchReport {
     pub mean_batch_size: f64,
     pub authorize_p50_us: f64,
     pub authorize_p99_us: f64,
+    /// Authorize while a stream of usage commits: a read waits for the
+    /// commit in flight, so this shows what reading only durable figures
+    /// costs (the baseline is the line above, in the same run).
+    pub authorize_under_ingest_p50_us: f64,
+    pub authorize_under_ingest_p99_us: f64,
+    /// The slowest of them: about one commit.
+    pub authorize_under_ingest_max_us: f64,
     pub http_requests: u64,
     pub http_rps: u64,
     pub http_p50_us: f64,
@@ -219,6 +226,41 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, LedgerError> {
     samples.sort_by(|a, b| a.total_cmp(b));
     let (authorize_p50_us, authorize_p99_us) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
 
+    // Authorize again while a quarter of the ingest runs beside it.
+    let stream: Vec<Command> = (0..(options.events / 4).max(1))
+        .map(|i| Command::RecordUsage {
+            labels: Default::default(),
+            account: ACCOUNT.into(),
+            member: format!("u{:07}", rng.next() % options.members),
+            charge: charge(&mut rng),
+            key: format!("beside-{i:012}"),
+            occurred_at: None,
+        })
+        .collect();
+    let writer = {
+        let ledger = ledger.clone();
+        std::thread::spawn(move || pipeline(&ledger, stream.into_iter()))
+    };
+    let mut samples = Vec::with_capacity(options.authorize_calls as usize);
+    let mut i = 0usize;
+    while !writer.is_finished() && samples.len() < options.authorize_calls as usize {
+        let c = charge(&mut rng);
+        let t = Instant::now();
+        let a = ledger.authorize(ACCOUNT, &ids[i % ids.len()], c)?;
+        samples.push(t.elapsed().as_nanos() as f64 / 1000.0);
+        std::hint::black_box(a);
+        i += 1;
+    }
+    writer
+        .join()
+        .map_err(|_| LedgerError::Storage("the ingest thread panicked".into()))??;
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let (authorize_under_ingest_p50_us, authorize_under_ingest_p99_us, authorize_under_ingest_max_us) = (
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99),
+        percentile(&samples, 1.0),
+    );
+
     let (http_requests, http_rps, http_p50_us, http_p99_us) = http(&ledger, options)?;
 
     // Memory and reset at a million members.
@@ -253,6 +295,9 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, LedgerError> {
         mean_batch_size,
         authorize_p50_us,
         authorize_p99_us,
+        authorize_under_ingest_p50_us,
+        authorize_under_ingest_p99_us,
+        authorize_under_ingest_max_us,
         http_requests,
         http_rps,
         http_p50_us,

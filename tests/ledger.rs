@@ -871,10 +871,12 @@ on_both_backends! {
 }
 
 /// A real SQLite journal whose commits wait while the test holds its gate
-/// shut: a writer stuck on a slow disk.
+/// shut: a writer stuck on a slow disk. With `fail` set, the next commit
+/// through the gate fails, as on a full disk, and writes nothing.
 struct Gated {
     inner: Box<dyn journal::Journal>,
     gate: Arc<(std::sync::Mutex<(bool, bool)>, std::sync::Condvar)>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl journal::Journal for Gated {
@@ -898,6 +900,9 @@ impl journal::Journal for Gated {
         }
         g.1 = false;
         drop(g);
+        if self.fail.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(journal::JournalError::Backend("disk I/O error (the test's)".into()));
+        }
         self.inner.append(entries)
     }
     fn latest_snapshot(&mut self) -> Result<Option<State>, journal::JournalError> {
@@ -919,6 +924,7 @@ fn a_full_queue_answers_busy_at_once_and_every_queued_command_still_commits() {
     let journal = Gated {
         inner: journal::open(&db.url).unwrap(),
         gate: gate.clone(),
+        fail: Default::default(),
     };
     let clock = credit_operator::clock::ManualClock::new(t("2026-11-26T10:00:00Z"));
     let ledger = Ledger::start(Box::new(journal), Arc::new(clock), LedgerOptions::default()).unwrap();
@@ -982,6 +988,128 @@ fn a_full_queue_answers_busy_at_once_and_every_queued_command_still_commits() {
     };
     assert!(!retry.duplicate, "the refused command was never recorded");
     assert_eq!(used(&ledger), amt(&(QUEUE_DEPTH + 2).to_string()));
+    ledger.shutdown();
+}
+
+#[test]
+fn reads_never_show_credit_before_it_is_durable_nor_a_debit_after_its_commit_failed() {
+    let db = sqlite_db();
+    let gate = Arc::new((std::sync::Mutex::new((false, false)), std::sync::Condvar::new()));
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let journal = Gated {
+        inner: journal::open(&db.url).unwrap(),
+        gate: gate.clone(),
+        fail: fail.clone(),
+    };
+    let clock = credit_operator::clock::ManualClock::new(t("2026-11-26T10:00:00Z"));
+    let ledger = Ledger::start(Box::new(journal), Arc::new(clock), LedgerOptions::default()).unwrap();
+    let alice = |monthly: &str| Command::ApplyMember {
+        account: ACCOUNT.into(),
+        member: spec("alice", None, Some(monthly), "0"),
+    };
+    for command in [
+        Command::ApplyAccount {
+            account: ACCOUNT.into(),
+            settings: AccountSettings::new(amt("10000"), "CalendarMonth", "UTC", amt("1"), amt("0"), "default")
+                .unwrap(),
+        },
+        Command::ApplyGroup {
+            account: ACCOUNT.into(),
+            name: "default".into(),
+            settings: GroupSettings::new(amt("10000"), amt("0"), amt("0")).unwrap(),
+        },
+        alice("1000"),
+    ] {
+        ledger.execute_blocking(command).unwrap();
+    }
+    let usage = |credits: &str, key: &str| Command::RecordUsage {
+        labels: Default::default(),
+        account: ACCOUNT.into(),
+        member: "u-alice".into(),
+        charge: Charge::Credits(amt(credits)),
+        key: key.into(),
+        occurred_at: None,
+    };
+    // What a gateway and a status writer read: used and remaining.
+    let look = |l: &Ledger| -> Result<(String, String), LedgerError> {
+        let state = l.read();
+        let acct = state.active_account(ACCOUNT)?;
+        let m = numbers::member(acct, acct.members.get("u-alice").unwrap(), acct.cycle.number);
+        Ok((m.used.to_string(), m.remaining.to_string()))
+    };
+    let figures = |used: &str, remaining: &str| Ok((used.to_string(), remaining.to_string()));
+    assert_eq!(look(&ledger), figures("0", "1000"));
+    let (lock, wake) = &*gate;
+    // Runs `command` with its commit held at the gate while a reader looks;
+    // answers what the reader saw meanwhile (None: it waited), the
+    // command's answer, and what the reader saw once the commit returned.
+    type Seen = Result<(String, String), LedgerError>;
+    let stalled = |command: Command, failing: bool| -> (Option<Seen>, Result<Outcome, LedgerError>, Seen) {
+        lock.lock().unwrap().0 = true;
+        fail.store(failing, std::sync::atomic::Ordering::SeqCst);
+        let pending = ledger.submit(command);
+        let mut g = lock.lock().unwrap();
+        while !g.1 {
+            g = wake.wait(g).unwrap();
+        }
+        drop(g);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = {
+            let ledger = ledger.clone();
+            std::thread::spawn(move || tx.send(look(&ledger)).unwrap())
+        };
+        // Time for the reader to show what it would see mid-commit.
+        let during = rx.recv_timeout(std::time::Duration::from_millis(300)).ok();
+        lock.lock().unwrap().0 = false;
+        wake.notify_all();
+        let answer = pending.blocking_recv().unwrap();
+        let after = match &during {
+            Some(_) => look(&ledger),
+            None => rx.recv().unwrap(),
+        };
+        reader.join().unwrap();
+        (during, answer, after)
+    };
+    let healed = |l: &Ledger| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while l.outage().is_some() || l.read().stale.is_some() {
+            assert!(std::time::Instant::now() < deadline, "the writer did not heal");
+            std::thread::yield_now();
+        }
+    };
+
+    // Credit: alice's allocation rises to 3000; no read shows it before it
+    // is durable, and after a failed commit none ever does.
+    let (during, answer, after) = stalled(alice("3000"), true);
+    assert_eq!(during, None, "a read showed credit that was not durable yet");
+    assert!(matches!(answer, Err(LedgerError::Storage(_))), "{answer:?}");
+    assert!(
+        matches!(after, Err(LedgerError::Storage(_))) || after == figures("0", "1000"),
+        "a read after the failed commit showed its credit: {after:?}"
+    );
+    healed(&ledger);
+    assert_eq!(look(&ledger), figures("0", "1000"));
+    let (during, answer, after) = stalled(alice("3000"), false);
+    assert_eq!(during, None, "a read showed credit that was not durable yet");
+    assert!(answer.is_ok());
+    assert_eq!(after, figures("0", "3000"));
+
+    // A debit may be read a commit early (it errs on refusing), but once
+    // its commit failed no read shows it.
+    let (during, answer, after) = stalled(usage("500", "u1"), true);
+    assert!(during.is_none() || during == Some(figures("500", "2500")), "{during:?}");
+    assert!(matches!(answer, Err(LedgerError::Storage(_))), "{answer:?}");
+    assert!(
+        matches!(after, Err(LedgerError::Storage(_))) || after == figures("0", "3000"),
+        "a read after the failed commit showed its usage: {after:?}"
+    );
+    healed(&ledger);
+    assert_eq!(look(&ledger), figures("0", "3000"));
+    let Outcome::Usage(retry) = ledger.execute_blocking(usage("500", "u1")).unwrap() else {
+        panic!()
+    };
+    assert!(!retry.duplicate, "the failed batch left no key behind");
+    assert_eq!(look(&ledger), figures("500", "2500"));
     ledger.shutdown();
 }
 

@@ -115,7 +115,9 @@ impl Metrics {
         let requests = Family::<PhaseLabels, Gauge>::default();
         {
             let state = ledger.read();
-            for (id, account) in state.accounts.iter().filter(|(_, a)| a.active) {
+            // Figures a failed commit left ahead of the journal are not shown.
+            let readable = state.readable().is_ok();
+            for (id, account) in state.accounts.iter().filter(|(_, a)| a.active && readable) {
                 let labels = AccountLabels { account: id.clone() };
                 if let Some(f) = numbers::account(account, account.cycle.number) {
                     used.get_or_create(&labels).set(gauge_value(f.used));

@@ -417,6 +417,18 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// True for an event that can only take credit away (or change no
+    /// figure): usage, a hold opened, a request submitted. Every other
+    /// event may give credit: a grant, a setting, a reset, a hold let go.
+    pub fn only_debits(&self) -> bool {
+        matches!(
+            self,
+            Event::UsageRecorded { .. } | Event::HoldOpened { .. } | Event::RequestSubmitted { .. }
+        )
+    }
+}
+
 /// One journal record: an event of one account, numbered in commit order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalEntry {

@@ -435,6 +435,11 @@ super::costs::spending!(Tally, ClosedGroup, ClosedCycle, Account);
 pub struct State {
     pub accounts: BTreeMap<AccountId, Account>,
     pub last_seq: u64,
+    /// Set when a batch applied here failed to commit: the figures are
+    /// ahead of the journal until the state is reloaded from it, and no
+    /// read may show them. Never stored.
+    #[serde(skip)]
+    pub stale: Option<String>,
 }
 
 /// Collects the events a command emits, applying each as it goes.
@@ -564,12 +569,24 @@ impl State {
         self.accounts.get(id)
     }
 
-    /// The account a caller may act on: known and active.
+    /// The account a caller may act on: known and active, with figures
+    /// that are durable (a storage error while they are not).
     pub fn active_account(&self, id: &str) -> Result<&Account, LedgerError> {
+        self.readable()?;
         self.accounts
             .get(id)
             .filter(|a| a.active)
             .ok_or_else(|| LedgerError::UnknownAccount(id.to_string()))
+    }
+
+    /// Ok unless the figures include a batch that failed to commit.
+    pub fn readable(&self) -> Result<(), LedgerError> {
+        match &self.stale {
+            None => Ok(()),
+            Some(why) => Err(LedgerError::Storage(format!(
+                "the figures are being reloaded from the journal after a failed commit: {why}"
+            ))),
+        }
     }
 
     /// True when a boundary or a hold expiry is due at `now` somewhere.

@@ -7,12 +7,16 @@
 //! load: one commit per batch, not per event.
 //!
 //! Reads (figures, authorize) take the state's read lock and never touch
-//! the database. They may see a batch a moment before it is durable; if
-//! the commit fails, every caller of that batch gets an error and the
-//! writer connects again under the same epoch (at once, then with
-//! backoff from 50 ms to 5 s, answering storage errors meanwhile) and
-//! reloads the state from the journal. A newer epoch found there fences
-//! this writer for good.
+//! the database. A batch that can give credit is applied and committed
+//! under the write lock, so no read shows credit that is not durable; a
+//! batch that only debits (usage, the hot path) is published once
+//! applied, so reads never wait on ingest and may show a debit one commit
+//! early. If a commit fails, the state is marked stale before any read
+//! can see past it (reads answer a storage error), every caller of the
+//! batch gets an error, and the writer connects again under the same
+//! epoch (at once, then with backoff from 50 ms to 5 s, answering storage
+//! errors meanwhile) and reloads the state from the journal. A newer
+//! epoch found there fences this writer for good.
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -357,13 +361,21 @@ fn run_writer(
             }
             continue;
         }
-        {
-            let mut state = shared.state.write().unwrap_or_else(|p| p.into_inner());
-            for job in &mut jobs {
-                let command = std::mem::replace(&mut job.command, Command::Tick { account: None });
-                results.push(state.handle(command, clock.now(), &mut entries));
-            }
+        // A batch that can give credit (a grant, a new setting, a reset, a
+        // released hold) is committed under the write lock: no read shows
+        // credit before it is durable; such a read waits at most one
+        // commit. A batch that only debits (usage, holds opened, requests
+        // submitted: the hot path) is published as soon as it is applied,
+        // so reads never wait on ingest; they may show a debit a commit
+        // early, which errs on the side of refusing. Either way a failed
+        // commit marks the state stale before the writer lets go of it
+        // again, and reads answer a storage error until it is reloaded.
+        let mut state = shared.state.write().unwrap_or_else(|p| p.into_inner());
+        for job in &mut jobs {
+            let command = std::mem::replace(&mut job.command, Command::Tick { account: None });
+            results.push(state.handle(command, clock.now(), &mut entries));
         }
+        let mut held = Some(state).filter(|_| !entries.iter().all(|e| e.event.only_debits()));
         let committed = if entries.is_empty() {
             Ok(())
         } else {
@@ -382,6 +394,13 @@ fn run_writer(
             stats.total_commit_micros += micros;
             r
         };
+        if let Err(e) = &committed {
+            let mut state = held
+                .take()
+                .unwrap_or_else(|| shared.state.write().unwrap_or_else(|p| p.into_inner()));
+            state.stale = Some(e.to_string());
+        }
+        drop(held);
         match committed {
             Ok(()) => {
                 since_snapshot += entries.len() as u64;

@@ -480,7 +480,7 @@ async fn reconcile_account(guarded: Arc<Guarded<CreditAccount>>, ctx: Arc<Ctx>) 
     let now = ctx.ledger.clock().now();
     let (account_status, group_statuses, member_statuses, request_statuses, next_boundary) = {
         let state = ctx.ledger.read();
-        let Some(acct) = state.account(&id).filter(|a| a.active) else {
+        let Some(acct) = state.readable().ok().and(state.account(&id)).filter(|a| a.active) else {
             return Ok(Action::requeue(ctx.options.staleness));
         };
         let conds =
