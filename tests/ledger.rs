@@ -801,6 +801,46 @@ on_both_backends! {
         assert_eq!(f.state(), live);
     }
 
+    fn a_start_while_a_newer_snapshot_is_stored_reads_one_whole_snapshot(db: &Db) {
+        let f = Fixture::new(db);
+        standard(&f);
+        for i in 0..300 {
+            f.usage("u-alice", "1", &format!("k{i}")).unwrap();
+        }
+        let state = f.state();
+        let last = state.last_seq;
+        drop(f);
+        // A writer storing ever newer snapshots (each deletes the older
+        // one and its parts) while a starting process reads the newest.
+        let mut reader = journal::open(&db.url).unwrap();
+        let saver = journal::open(&db.url).unwrap();
+        let mut attached = saver.attach().unwrap();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let done = done.clone();
+            let mut state = state.clone();
+            std::thread::spawn(move || {
+                for round in 0..4 {
+                    for seq in 10..last {
+                        state.last_seq = seq + round;
+                        attached.save_snapshot(&state).unwrap();
+                    }
+                }
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        let mut reads = 0u32;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let found = reader.latest_snapshot().unwrap_or_else(|e| panic!("read {reads}: {e}"));
+            if let Some(found) = found {
+                assert_eq!(found.accounts, state.accounts, "read {reads} restored another state");
+            }
+            reads += 1;
+        }
+        writer.join().unwrap();
+        assert!(reads > 0);
+    }
+
     fn random_command_sequences_recover_to_the_identical_state(db: &Db) {
         use proptest::prelude::*;
         use proptest::test_runner::{Config, TestRunner};

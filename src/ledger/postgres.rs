@@ -142,8 +142,16 @@ impl Journal for PostgresJournal {
     }
 
     fn latest_snapshot(&mut self) -> Result<Option<State>, JournalError> {
-        let Some(row) = self
+        // One snapshot of the database for the row and its parts: a newer
+        // snapshot stored meanwhile deletes this one's parts.
+        let mut tx = self
             .client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(backend)?;
+        let Some(row) = tx
             .query_opt("SELECT seq, body, parts FROM snapshots ORDER BY seq DESC LIMIT 1", &[])
             .map_err(backend)?
         else {
@@ -151,8 +159,7 @@ impl Journal for PostgresJournal {
         };
         let (seq, mut body, parts): (i64, String, i32) = (row.get(0), row.get(1), row.get(2));
         if parts > 0 {
-            let rows = self
-                .client
+            let rows = tx
                 .query("SELECT body FROM snapshot_parts WHERE seq = $1 ORDER BY part", &[&seq])
                 .map_err(backend)?;
             if rows.len() != parts as usize {
@@ -163,6 +170,7 @@ impl Journal for PostgresJournal {
             }
             body = rows.iter().map(|r| r.get::<_, &str>(0)).collect();
         }
+        tx.commit().map_err(backend)?;
         decode_snapshot(seq as u64, &body).map(Some)
     }
 

@@ -44,6 +44,10 @@ const SNAPSHOT_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS snapshots (
 /// The newest snapshot in a connection's `snapshots` table: its sequence
 /// number and body, whole (`parts = 0`) or joined from its parts.
 fn newest_snapshot(conn: &Connection) -> Result<Option<(u64, String)>, JournalError> {
+    // One read transaction: a newer snapshot stored meanwhile deletes this
+    // one's parts, and the reader must see both rows and parts as of one
+    // moment (dropped unfinished: a read has nothing to commit).
+    let conn = conn.unchecked_transaction().map_err(backend)?;
     let row: Option<(i64, i64)> = conn
         .query_row("SELECT seq, parts FROM snapshots ORDER BY seq DESC LIMIT 1", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
