@@ -95,7 +95,7 @@ impl Amount {
     /// snapshot): the same syntax as [`Amount::parse`], but any size the
     /// decimal holds, because running totals may pass the 18 digits an
     /// input is capped at.
-    fn parse_record(text: &str) -> Result<Amount, AmountError> {
+    pub(crate) fn parse_record(text: &str) -> Result<Amount, AmountError> {
         let digits = text.strip_prefix('-').unwrap_or(text);
         let (int_part, frac_part) = digits.split_once('.').map_or((digits, None), |(i, f)| (i, Some(f)));
         let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());

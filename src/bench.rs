@@ -31,6 +31,8 @@ pub struct BenchOptions {
     pub authorize_calls: u64,
     pub http_seconds: f64,
     pub http_connections: usize,
+    /// Unique-key events after an account's key window is full.
+    pub key_events: u64,
 }
 
 /// One line of results.
@@ -62,6 +64,23 @@ pub struct BenchReport {
     pub snapshot_ms: f64,
     pub snapshot_stall_ms: f64,
     pub rss_mib_per_million_members: f64,
+    /// Unique-key events ingested on an account whose in-memory key
+    /// window was already full, and how fast.
+    pub key_events: u64,
+    pub key_events_per_sec: u64,
+    /// RSS growth per million of those events: what keys cost once they
+    /// have left memory for the filters (target at most 10).
+    pub idempotency_mib_per_million_events_past_window: f64,
+    /// The baseline in the same run: RSS growth per million events while
+    /// the window fills, which is what every key kept whole would cost.
+    pub idempotency_mib_per_million_events_in_window: f64,
+    /// What the filters hold per million keys that left memory.
+    pub idempotency_filter_mib_per_million_keys: f64,
+    /// The same ingest with random keys (UUIDv4-like) instead of
+    /// time-ordered ones: every event then writes a page of the unique
+    /// index somewhere else.
+    pub random_key_events: u64,
+    pub random_key_events_per_sec: u64,
     /// Share of the ingest time the writer spent in journal commits.
     pub commit_share: f64,
 }
@@ -263,6 +282,8 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, LedgerError> {
 
     let (http_requests, http_rps, http_p50_us, http_p99_us) = http(&ledger, options)?;
 
+    let keys = key_memory(&ledger, options.key_events, options.events)?;
+
     // Memory and reset at a million members.
     let rss_before = rss_bytes();
     enrol(&ledger, options.members, options.reset_members)?;
@@ -307,7 +328,101 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, LedgerError> {
         snapshot_ms,
         snapshot_stall_ms,
         rss_mib_per_million_members,
+        key_events: options.key_events,
+        key_events_per_sec: keys.events_per_sec,
+        idempotency_mib_per_million_events_past_window: keys.past_window,
+        idempotency_mib_per_million_events_in_window: keys.in_window,
+        idempotency_filter_mib_per_million_keys: keys.filter_per_million,
+        random_key_events: keys.random_events,
+        random_key_events_per_sec: keys.random_events_per_sec,
         commit_share,
+    })
+}
+
+/// What idempotency keys cost in memory.
+struct KeyMemory {
+    events_per_sec: u64,
+    past_window: f64,
+    in_window: f64,
+    filter_per_million: f64,
+    random_events: u64,
+    random_events_per_sec: u64,
+}
+
+/// Fills an account's key window, then ingests `events` more unique keys,
+/// reading RSS before, between and after.
+fn key_memory(ledger: &Ledger, events: u64, random_events: u64) -> Result<KeyMemory, LedgerError> {
+    const KEYS: &str = "bench/keys";
+    let settings = AccountSettings::new(
+        Amount::from_int(1_000_000_000_000),
+        "CalendarMonth",
+        "UTC",
+        Amount::from_int(1),
+        Amount::from_int(1_000_000_000),
+        "default",
+    )?;
+    ledger.execute_blocking(Command::ApplyAccount {
+        account: KEYS.into(),
+        settings,
+    })?;
+    ledger.execute_blocking(Command::ApplyGroup {
+        account: KEYS.into(),
+        name: "default".into(),
+        settings: GroupSettings::new(Amount::from_int(1_000_000_000_000), Amount::ZERO, Amount::ZERO)?,
+    })?;
+    ledger.execute_blocking(Command::ApplyMember {
+        account: KEYS.into(),
+        member: MemberSpec {
+            group: None,
+            monthly_credits: Some(Amount::from_int(1_000_000_000)),
+            ..member(0)
+        },
+    })?;
+    // Keys of a UUID's size: time-ordered (like UUIDv7 or ULID: a counter,
+    // then random bits) or random (like UUIDv4).
+    let usage = |from: u64, to: u64, ordered: bool| {
+        (from..to).map(move |i| {
+            let noise = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            Command::RecordUsage {
+                labels: Default::default(),
+                account: KEYS.into(),
+                member: "u0000000".into(),
+                charge: Charge::Credits(Amount::from_int(1)),
+                key: if ordered {
+                    format!("{i:019}-{noise:016x}")
+                } else {
+                    format!("{noise:016x}-{i:019}")
+                },
+                occurred_at: None,
+            }
+        })
+    };
+    let window = 2 * crate::ledger::keys::KEY_GENERATION as u64;
+    let empty = rss_bytes();
+    pipeline(ledger, usage(0, window, true))?;
+    let full = rss_bytes();
+    let started = Instant::now();
+    pipeline(ledger, usage(window, window + events, true))?;
+    let took = started.elapsed();
+    let after = rss_bytes();
+    let per_million =
+        |grew: u64, n: u64| (grew as f64 / 1_048_576.0 * 1_000_000.0 / n.max(1) as f64 * 10.0).round() / 10.0;
+    let (filter_bytes, past) = {
+        let state = ledger.read();
+        let keys = state.account(KEYS).map(|a| &a.keys);
+        (keys.map_or(0, |k| k.filter_bytes()), keys.map_or(0, |k| k.past()))
+    };
+    let from = window + events;
+    let started = Instant::now();
+    pipeline(ledger, usage(from, from + random_events, false))?;
+    let random_took = started.elapsed();
+    Ok(KeyMemory {
+        events_per_sec: (events as f64 / took.as_secs_f64()) as u64,
+        past_window: per_million(after.saturating_sub(full), events),
+        in_window: per_million(full.saturating_sub(empty), window),
+        filter_per_million: per_million(filter_bytes, past),
+        random_events,
+        random_events_per_sec: (random_events as f64 / random_took.as_secs_f64()) as u64,
     })
 }
 

@@ -127,6 +127,9 @@ enum Cmd {
         /// Keep-alive HTTP connections.
         #[arg(long, default_value = "16")]
         http_connections: usize,
+        /// Unique-key events measured after the in-memory key window is full.
+        #[arg(long, default_value = "1000000")]
+        key_events: u64,
     },
     /// Check a folder of manifests offline: schema and rules per object,
     /// then references and allocation across objects.
@@ -213,6 +216,7 @@ fn main() -> ExitCode {
             reset_members,
             http_seconds,
             http_connections,
+            key_events,
         } => {
             let backends: Vec<&'static str> = match backend.as_str() {
                 "all" => vec!["sqlite", "postgres"],
@@ -233,6 +237,7 @@ fn main() -> ExitCode {
                     reset_members.max(members),
                     http_seconds,
                     http_connections,
+                    key_events,
                 ) {
                     Ok(line) => println!("{line}"),
                     Err(e) => {
@@ -355,6 +360,7 @@ fn bench_one(
     reset_members: u64,
     http_seconds: f64,
     http_connections: usize,
+    key_events: u64,
 ) -> Result<String, String> {
     let dir = std::env::temp_dir().join(format!("credits-bench-{}", std::process::id()));
     let mut schema = None;
@@ -381,6 +387,7 @@ fn bench_one(
         authorize_calls: 1_000_000,
         http_seconds,
         http_connections,
+        key_events,
     };
     let result = credit_operator::bench::run(&options).map_err(|e| e.to_string());
     let _ = std::fs::remove_dir_all(&dir);

@@ -91,6 +91,90 @@ on_both_backends! {
         assert_eq!(f.member_figures("u-alice").used, amt("15"));
     }
 
+    fn a_retry_after_its_key_left_memory_gets_the_first_answer_from_the_journal(db: &Db) {
+        use credit_operator::ledger::keys::KEY_GENERATION;
+        let mut f = Fixture::new(db);
+        standard(&f);
+        let first = f.usage("u-alice", "10", "evt-first").unwrap();
+        assert_eq!((first.member_used, first.member_remaining), (amt("10"), amt("1090")));
+        let hold = match f.ok(Command::OpenHold {
+            account: ACCOUNT.into(),
+            member: "u-alice".into(),
+            charge: Charge::Credits(amt("20")),
+            ttl_seconds: 600,
+            key: "hold-first".into(),
+        }) {
+            Outcome::Hold(h) => h,
+            other => panic!("unexpected {other:?}"),
+        };
+        f.usage("u-alice", "5", "evt-later").unwrap();
+        // Two generations of new keys push both out of memory.
+        let flood = 2 * KEY_GENERATION as u64 + 1;
+        let mut pending = std::collections::VecDeque::new();
+        for i in 0..flood {
+            pending.push_back(f.ledger.submit(Command::RecordUsage {
+                labels: Default::default(),
+                account: ACCOUNT.into(),
+                member: "u-bob".into(),
+                charge: Charge::Credits(amt("0.001")),
+                key: format!("flood-{i}"),
+                occurred_at: None,
+            }));
+            if pending.len() >= 8192 {
+                pending.pop_front().unwrap().blocking_recv().unwrap().unwrap();
+            }
+        }
+        for rx in pending {
+            rx.blocking_recv().unwrap().unwrap();
+        }
+        let bob_used = amt("131.073");
+        let check = |f: &Fixture, when: &str| {
+            let state = f.state();
+            let keys = &state.accounts[ACCOUNT].keys;
+            assert!(keys.get("evt-first").is_none() && keys.get("hold-first").is_none(), "{when}: still in memory");
+            assert!(keys.in_memory() <= 2 * KEY_GENERATION, "{when}: {} keys in memory", keys.in_memory());
+            assert!(keys.past() >= KEY_GENERATION as u64, "{when}: {} keys past", keys.past());
+            let last_seq = state.last_seq;
+            // The first answer, not today's figures (alice has used 15).
+            let again = f.usage("u-alice", "10.0", "evt-first").unwrap();
+            assert!(again.duplicate, "{when}");
+            assert_eq!(
+                (again.credits, again.member_used, again.member_remaining),
+                (amt("10"), amt("10"), amt("1090")),
+                "{when}"
+            );
+            // The same key for another body or member is still taken.
+            for (user, credits) in [("u-alice", "11"), ("u-bob", "10")] {
+                let err = f.usage(user, credits, "evt-first").unwrap_err();
+                assert!(matches!(err, LedgerError::IdempotencyConflict(_)), "{when}: {err}");
+            }
+            match f.ok(Command::OpenHold {
+                account: ACCOUNT.into(),
+                member: "u-alice".into(),
+                charge: Charge::Credits(amt("20")),
+                ttl_seconds: 600,
+                key: "hold-first".into(),
+            }) {
+                Outcome::Hold(h) => assert_eq!((h.id, h.credits, h.duplicate), (hold.id.clone(), amt("20"), true), "{when}"),
+                other => panic!("unexpected {other:?}"),
+            }
+            // Nothing was recorded twice.
+            assert_eq!(f.state().last_seq, last_seq, "{when}");
+            assert_eq!(f.member_figures("u-alice").used, amt("15"), "{when}");
+            assert_eq!(f.member_figures("u-bob").used, bob_used, "{when}");
+        };
+        check(&f, "live");
+        f.restart();
+        check(&f, "after a replay");
+        f.ledger.snapshot_blocking().unwrap();
+        f.restart();
+        check(&f, "after a snapshot");
+        // A new key right after is recorded once, as new.
+        let new = f.usage("u-alice", "1", "evt-new").unwrap();
+        assert!(!new.duplicate);
+        assert_eq!(new.member_used, amt("16"));
+    }
+
     fn a_closed_cycle_keeps_the_members_and_settings_it_had_before_and_after_restarts(db: &Db) {
         let mut f = Fixture::new(db);
         f.account("100000", "1d");
@@ -903,7 +987,7 @@ on_both_backends! {
         }
         let expected: credit_operator::amount::Amount = threads.into_iter().map(|t| t.join().unwrap()).sum();
         assert_eq!(f.member_figures("u-alice").used, expected);
-        assert_eq!(f.state().accounts[ACCOUNT].keys.len(), 8 * 800);
+        assert_eq!(f.state().accounts[ACCOUNT].keys.in_memory(), 8 * 800);
         let stats = f.ledger.stats();
         assert!(stats.entries >= 6400);
         eprintln!("{} batches for {} entries", stats.batches, stats.entries);
@@ -950,6 +1034,9 @@ impl journal::Journal for Gated {
     }
     fn replay_after(&mut self, seq: u64, f: &mut dyn FnMut(JournalEntry)) -> Result<(), journal::JournalError> {
         self.inner.replay_after(seq, f)
+    }
+    fn find_key(&mut self, account: &str, key: &str) -> Result<Option<JournalEntry>, journal::JournalError> {
+        self.inner.find_key(account, key)
     }
     fn save_snapshot(&mut self, state: &State) -> Result<(), journal::JournalError> {
         self.inner.save_snapshot(state)

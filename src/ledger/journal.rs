@@ -44,6 +44,9 @@ pub trait Journal: Send + 'static {
     fn latest_snapshot(&mut self) -> Result<Option<State>, JournalError>;
     /// Entries after `seq`, in order, handed to `f`.
     fn replay_after(&mut self, seq: u64, f: &mut dyn FnMut(JournalEntry)) -> Result<(), JournalError>;
+    /// The entry that recorded `key` in `account`, with its stored first
+    /// answer: the journal's unique index holds every key for good.
+    fn find_key(&mut self, account: &str, key: &str) -> Result<Option<JournalEntry>, JournalError>;
     /// Stores a snapshot of `state` (as of `state.last_seq`).
     fn save_snapshot(&mut self, state: &State) -> Result<(), JournalError>;
     /// After a failed write: a fresh connection under the same epoch,
@@ -132,6 +135,7 @@ pub(crate) fn decode(
     account: String,
     key: Option<String>,
     body: &str,
+    answer: Option<String>,
 ) -> Result<JournalEntry, JournalError> {
     let event = crate::amount::reading_records(|| serde_json::from_str(body)).map_err(|e| JournalError::Corrupt {
         seq,
@@ -147,6 +151,7 @@ pub(crate) fn decode(
         account,
         key,
         event,
+        answer,
     })
 }
 
@@ -192,6 +197,9 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
         PRIMARY KEY (seq, part)
     );",
     ),
+    // A keyed entry's first answer, beside its event, for a retry after
+    // the key left memory (see `keys`).
+    (3, "ALTER TABLE journal ADD COLUMN answer TEXT;"),
 ];
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! - [`state`]: the deterministic state machine; commands in, events out.
 //! - [`numbers`]: every figure users see, computed in one place.
 //! - [`costs`]: usage labels (model, provider, tags) and cost breakdowns.
+//! - [`keys`]: idempotency keys, the recent ones whole in memory, older
+//!   ones as Bloom filter bits in front of the journal's unique index.
 //! - [`journal`]: the durable, append-only journal and its snapshots, on
 //!   [`sqlite`] or [`postgres`].
 //! - [`writer`]: the single writer that applies commands in order and
@@ -12,6 +14,7 @@
 pub mod costs;
 pub mod error;
 pub mod journal;
+pub mod keys;
 pub mod members;
 pub mod model;
 pub mod numbers;

@@ -332,6 +332,18 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The account and idempotency key of a command that carries one.
+    pub fn idempotency_key(&self) -> Option<(&str, &str)> {
+        match self {
+            Command::RecordUsage { account, key, .. } | Command::OpenHold { account, key, .. } => {
+                Some((account.as_str(), key.as_str()))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A fact in the journal. Applying the same events in the same order
 /// always yields the same state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -438,6 +450,11 @@ pub struct JournalEntry {
     /// The caller's idempotency key, unique per account.
     pub key: Option<String>,
     pub event: Event,
+    /// The part of the key's first answer the event does not carry
+    /// ([`super::keys::KeyRecord::stored_answer`]), stored beside it for a
+    /// retry that comes after the key left memory. Replay recomputes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
 }
 
 /// The answer to a usage event.

@@ -112,12 +112,14 @@ impl Journal for PostgresJournal {
         let mut keys = Vec::with_capacity(entries.len());
         let mut ats = Vec::with_capacity(entries.len());
         let mut bodies = Vec::with_capacity(entries.len());
+        let mut answers = Vec::with_capacity(entries.len());
         for entry in entries {
             seqs.push(i64::try_from(entry.seq).map_err(|_| JournalError::Backend("sequence overflow".into()))?);
             accounts.push(entry.account.as_str());
             keys.push(entry.key.as_deref());
             ats.push(nanos(entry)?);
             bodies.push(encode(entry)?);
+            answers.push(entry.answer.as_deref());
         }
         let mut tx = self.client.transaction().map_err(backend)?;
         // FOR SHARE blocks a takeover's epoch bump until this batch is in,
@@ -133,9 +135,9 @@ impl Journal for PostgresJournal {
             });
         }
         tx.execute(
-            "INSERT INTO journal (seq, account, idem_key, recorded_at, body)
-             SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[])",
-            &[&seqs, &accounts, &keys, &ats, &bodies],
+            "INSERT INTO journal (seq, account, idem_key, recorded_at, body, answer)
+             SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[])",
+            &[&seqs, &accounts, &keys, &ats, &bodies, &answers],
         )
         .map_err(backend)?;
         tx.commit().map_err(backend)
@@ -191,10 +193,32 @@ impl Journal for PostgresJournal {
             for row in rows {
                 let seq: i64 = row.get(0);
                 let body: &str = row.get(4);
-                f(decode(seq as u64, row.get(1), row.get(2), row.get(3), body)?);
+                f(decode(seq as u64, row.get(1), row.get(2), row.get(3), body, None)?);
                 after = seq;
             }
         }
+    }
+
+    fn find_key(&mut self, account: &str, key: &str) -> Result<Option<JournalEntry>, JournalError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT seq, recorded_at, body, answer FROM journal WHERE account = $1 AND idem_key = $2",
+                &[&account, &key],
+            )
+            .map_err(backend)?;
+        let Some(row) = row else { return Ok(None) };
+        let seq: i64 = row.get(0);
+        let body: &str = row.get(2);
+        decode(
+            seq as u64,
+            row.get(1),
+            account.to_string(),
+            Some(key.to_string()),
+            body,
+            row.get(3),
+        )
+        .map(Some)
     }
 
     fn save_snapshot(&mut self, state: &State) -> Result<(), JournalError> {

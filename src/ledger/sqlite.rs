@@ -81,9 +81,9 @@ fn newest_snapshot(conn: &Connection) -> Result<Option<(u64, String)>, JournalEr
 const ROWS_PER_INSERT: usize = 64;
 
 fn insert_sql(rows: usize) -> String {
-    let row = "(?, ?, ?, ?, ?)";
+    let row = "(?, ?, ?, ?, ?, ?)";
     format!(
-        "INSERT INTO journal (seq, account, idem_key, recorded_at, body) VALUES {}",
+        "INSERT INTO journal (seq, account, idem_key, recorded_at, body, answer) VALUES {}",
         vec![row; rows].join(", ")
     )
 }
@@ -96,6 +96,7 @@ fn push_row(values: &mut Vec<rusqlite::types::Value>, entry: &JournalEntry) -> R
     values.push(entry.key.clone().map_or(Value::Null, Value::Text));
     values.push(Value::Integer(nanos(entry)?));
     values.push(Value::Text(encode(entry)?));
+    values.push(entry.answer.clone().map_or(Value::Null, Value::Text));
     Ok(())
 }
 
@@ -200,7 +201,7 @@ impl Journal for SqliteJournal {
         {
             let mut insert = tx.prepare_cached(&insert_sql(ROWS_PER_INSERT)).map_err(backend)?;
             for chunk in &mut chunks {
-                let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(ROWS_PER_INSERT * 5);
+                let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(ROWS_PER_INSERT * 6);
                 for entry in chunk {
                     push_row(&mut values, entry)?;
                 }
@@ -212,7 +213,14 @@ impl Journal for SqliteJournal {
             for entry in chunks.remainder() {
                 let seq = i64::try_from(entry.seq).map_err(|_| JournalError::Backend("sequence overflow".into()))?;
                 insert
-                    .execute(params![seq, entry.account, entry.key, nanos(entry)?, encode(entry)?])
+                    .execute(params![
+                        seq,
+                        entry.account,
+                        entry.key,
+                        nanos(entry)?,
+                        encode(entry)?,
+                        entry.answer
+                    ])
                     .map_err(backend)?;
             }
         }
@@ -263,10 +271,33 @@ impl Journal for SqliteJournal {
                 row.get(2).map_err(backend)?,
                 row.get(3).map_err(backend)?,
                 &body,
+                None,
             )?;
             f(entry);
         }
         Ok(())
+    }
+
+    fn find_key(&mut self, account: &str, key: &str) -> Result<Option<JournalEntry>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, recorded_at, body, answer FROM journal WHERE account = ?1 AND idem_key = ?2")
+            .map_err(backend)?;
+        let mut rows = stmt.query(params![account, key]).map_err(backend)?;
+        let Some(row) = rows.next().map_err(backend)? else {
+            return Ok(None);
+        };
+        let seq: i64 = row.get(0).map_err(backend)?;
+        let body: String = row.get(2).map_err(backend)?;
+        decode(
+            seq as u64,
+            row.get(1).map_err(backend)?,
+            account.to_string(),
+            Some(key.to_string()),
+            &body,
+            row.get(3).map_err(backend)?,
+        )
+        .map(Some)
     }
 
     fn save_snapshot(&mut self, state: &State) -> Result<(), JournalError> {

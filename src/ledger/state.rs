@@ -10,7 +10,7 @@
 //! zero. The first write to a member in a new cycle moves its old figures
 //! into its history.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::civil::DateTime;
 use jiff::{SignedDuration, Timestamp};
@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::costs::{CycleCosts, Labels, Spend};
 use super::error::LedgerError;
+pub(crate) use super::keys::stable_hash;
+pub use super::keys::{Fingerprint, KeyAnswer, KeyRecord, Keys, NO_ROW};
 use super::model::*;
 use super::numbers;
 use crate::amount::Amount;
@@ -212,19 +214,6 @@ impl Hold {
     }
 }
 
-/// What an idempotency key answered the first time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum KeyAnswer {
-    Usage(UsageReceipt),
-    Hold(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyRecord {
-    pub fingerprint: Fingerprint,
-    pub answer: KeyAnswer,
-}
-
 /// When and why the current cycle began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastReset {
@@ -264,7 +253,8 @@ pub struct Account {
     pub holds: BTreeMap<String, Hold>,
     /// Open holds by expiry, so due expiries are found without a scan.
     pub expiries: BTreeSet<(Timestamp, String)>,
-    pub keys: HashMap<String, KeyRecord>,
+    /// Idempotency keys: the recent ones whole, the rest as filter bits.
+    pub keys: Keys,
 }
 
 impl Account {
@@ -293,7 +283,7 @@ impl Account {
             requests: BTreeMap::new(),
             holds: BTreeMap::new(),
             expiries: BTreeSet::new(),
-            keys: HashMap::new(),
+            keys: Keys::default(),
         }
     }
 
@@ -408,6 +398,44 @@ impl Account {
         self.held += delta;
     }
 
+    /// The record a key got when `entry` (its journal row, with the
+    /// stored answer) was applied: the same fingerprint, the same first
+    /// answer. Member rows are never removed, so the fingerprint reads
+    /// the same now as then.
+    pub fn recall(&self, entry: &JournalEntry) -> Option<KeyRecord> {
+        match &entry.event {
+            Event::UsageRecorded {
+                member,
+                charge,
+                credits,
+                labels,
+                ..
+            } => Some(KeyRecord {
+                fingerprint: fingerprint_usage(self, member, *charge, labels),
+                // Rows written before answers were stored answer with the
+                // member's figures of today.
+                answer: KeyAnswer::Usage(
+                    entry
+                        .answer
+                        .as_deref()
+                        .and_then(|a| super::keys::stored_receipt(*credits, a))
+                        .unwrap_or_else(|| self.usage_receipt(member, *credits)),
+                ),
+            }),
+            Event::HoldOpened {
+                id,
+                member,
+                charge,
+                expires_at,
+                ..
+            } => Some(KeyRecord {
+                fingerprint: fingerprint_hold(self, member, *charge, hold_ttl(entry.at, *expires_at)),
+                answer: KeyAnswer::Hold(id.clone()),
+            }),
+            _ => None,
+        }
+    }
+
     fn usage_receipt(&self, user_id: &str, credits: Amount) -> UsageReceipt {
         let (used, remaining) = match self.members.get(user_id) {
             Some(m) => {
@@ -447,93 +475,35 @@ struct Emitter<'a> {
     state: &'a mut State,
     out: &'a mut Vec<JournalEntry>,
     now: Timestamp,
+    /// The command's key as the journal holds it, when it left memory.
+    recalled: Option<KeyRecord>,
 }
 
 impl Emitter<'_> {
     fn emit(&mut self, account: &str, key: Option<String>, event: Event) {
-        let entry = JournalEntry {
+        let mut entry = JournalEntry {
             seq: self.state.last_seq + 1,
             at: self.now,
             account: account.to_string(),
             key,
             event,
+            answer: None,
         };
         self.state.apply(&entry);
+        // The first answer goes to the journal with the event, for a retry
+        // that comes after the key left memory.
+        if let (Some(key), Event::UsageRecorded { .. }) = (&entry.key, &entry.event) {
+            entry.answer = self.state.accounts[account]
+                .keys
+                .get(key)
+                .and_then(KeyRecord::stored_answer);
+        }
         self.out.push(entry);
     }
-}
 
-/// What idempotency compares: the body's decimal values, not its text.
-/// The member is compared exactly by its row in the account's member
-/// table (rows are never removed: a row is one user id), four bytes a key.
-/// The labels are kept as a stable 64-bit hash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Fingerprint {
-    /// 0 usage, 1 hold.
-    pub kind: u8,
-    /// A stable hash of the member id: only in records of older snapshots
-    /// (0 otherwise), which have no `row`.
-    #[serde(default, skip_serializing_if = "is_zero_u64")]
-    pub member: u64,
-    /// The member's row; [`NO_ROW`] in records of older snapshots.
-    #[serde(default = "no_row", skip_serializing_if = "is_no_row")]
-    pub row: u32,
-    pub charge: Charge,
-    /// Seconds (a hold's lifetime is at most a week).
-    pub ttl: u32,
-    /// [`Labels::digest`]; 0 without labels (and in older snapshots).
-    #[serde(default, skip_serializing_if = "is_zero_u64")]
-    pub labels: u64,
-}
-
-fn is_zero_u64(n: &u64) -> bool {
-    *n == 0
-}
-
-/// No member row: a fingerprint from before rows were recorded.
-pub const NO_ROW: u32 = u32::MAX;
-
-fn no_row() -> u32 {
-    NO_ROW
-}
-
-fn is_no_row(row: &u32) -> bool {
-    *row == NO_ROW
-}
-
-impl Fingerprint {
-    /// The fingerprint of a request by `member`, whose row is `row`.
-    fn new(kind: u8, member: &str, row: Option<u32>, charge: Charge, ttl: u64, labels: u64) -> Fingerprint {
-        let (member, row) = match row {
-            Some(row) => (0, row),
-            // Not enrolled: no row can match, the hash is all there is.
-            None => (stable_hash(member), NO_ROW),
-        };
-        Fingerprint {
-            kind,
-            member,
-            row,
-            charge,
-            // A week fits; anything longer was refused before it got here.
-            ttl: u32::try_from(ttl).unwrap_or(u32::MAX),
-            labels,
-        }
-    }
-
-    /// Whether `now` (a retry by `member`) is the request this record
-    /// answered: exactly by row, or by the member's hash for a record from
-    /// an older snapshot.
-    fn matches(&self, member: &str, now: &Fingerprint) -> bool {
-        if self.row == NO_ROW {
-            *self
-                == Fingerprint {
-                    member: stable_hash(member),
-                    row: NO_ROW,
-                    ..*now
-                }
-        } else {
-            self == now
-        }
+    /// The record of `key`: in memory, or recalled from the journal.
+    fn key_record(&self, account: &Account, key: &str) -> Option<KeyRecord> {
+        account.keys.get(key).cloned().or_else(|| self.recalled.clone())
     }
 }
 
@@ -549,15 +519,13 @@ fn spend_of(charge: Charge, credits: Amount) -> Spend {
     }
 }
 
-/// FNV-1a: stable across builds, unlike the standard library's hasher.
-pub(crate) fn stable_hash(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 fn fingerprint_usage(account: &Account, member: &str, charge: Charge, labels: &Labels) -> Fingerprint {
     Fingerprint::new(0, member, account.members.position(member), charge, 0, labels.digest())
+}
+
+/// A hold's lifetime in seconds, as its fingerprint keeps it.
+fn hold_ttl(opened: Timestamp, expires_at: Timestamp) -> u64 {
+    (expires_at.as_second() - opened.as_second()).max(0) as u64
 }
 
 fn fingerprint_hold(account: &Account, member: &str, charge: Charge, ttl: u64) -> Fingerprint {
@@ -607,8 +575,36 @@ impl State {
         now: Timestamp,
         out: &mut Vec<JournalEntry>,
     ) -> Result<Outcome, LedgerError> {
-        let mut em = Emitter { state: self, out, now };
+        self.handle_recalled(cmd, now, out, None)
+    }
+
+    /// [`State::handle`] for a command whose key left memory: `recalled`
+    /// is its record rebuilt from the journal ([`Account::recall`]), or
+    /// `None` when the journal does not hold the key (it is new).
+    pub fn handle_recalled(
+        &mut self,
+        cmd: Command,
+        now: Timestamp,
+        out: &mut Vec<JournalEntry>,
+        recalled: Option<KeyRecord>,
+    ) -> Result<Outcome, LedgerError> {
+        let mut em = Emitter {
+            state: self,
+            out,
+            now,
+            recalled,
+        };
         handle(&mut em, cmd)
+    }
+
+    /// Whether `command` carries a key that may have left memory, so the
+    /// writer looks it up in the journal before running it.
+    pub fn needs_recall<'c>(&self, command: &'c Command) -> Option<(&'c str, &'c str)> {
+        let (account, key) = command.idempotency_key()?;
+        self.accounts
+            .get(account)
+            .is_some_and(|a| a.keys.maybe_past(key))
+            .then_some((account, key))
     }
 
     /// Applies one journal event. Events were validated when emitted, so
@@ -844,8 +840,7 @@ impl State {
                 account.expiries.insert((*expires_at, id.clone()));
                 account.hold_delta(member, *credits);
                 if let Some(key) = &entry.key {
-                    let ttl = expires_at.as_second() - at.as_second();
-                    let fingerprint = fingerprint_hold(account, member, *charge, ttl.max(0) as u64);
+                    let fingerprint = fingerprint_hold(account, member, *charge, hold_ttl(at, *expires_at));
                     account.keys.insert(
                         key.clone(),
                         KeyRecord {
@@ -1215,7 +1210,7 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
             let acct = em.state.active_account(&account)?;
             // A replay answers the first answer, whatever changed since (a
             // creditFactor change must not turn a retry into a 400).
-            if let Some(record) = acct.keys.get(&key) {
+            if let Some(record) = em.key_record(acct, &key) {
                 return match (
                     &record.answer,
                     record
@@ -1243,9 +1238,9 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
                 labels,
             };
             em.emit(&account, Some(key.clone()), event);
-            match &em.state.accounts[&account].keys[&key].answer {
-                KeyAnswer::Usage(r) => Ok(Outcome::Usage(r.clone())),
-                KeyAnswer::Hold(_) => Err(LedgerError::IdempotencyConflict(key)),
+            match em.state.accounts[&account].keys.get(&key).map(|r| &r.answer) {
+                Some(KeyAnswer::Usage(r)) => Ok(Outcome::Usage(r.clone())),
+                _ => Err(LedgerError::IdempotencyConflict(key)),
             }
         }
         Command::SubmitRequest {
@@ -1375,16 +1370,17 @@ fn handle(em: &mut Emitter, cmd: Command) -> Result<Outcome, LedgerError> {
             let acct = em.state.active_account(&account)?;
             // A replay answers the hold as it was opened (not as it stands
             // now), for the same member compared by value.
-            if let Some(record) = acct.keys.get(&key) {
+            if let Some(record) = em.key_record(acct, &key) {
                 return match (
                     &record.answer,
                     record
                         .fingerprint
                         .matches(&member, &fingerprint_hold(acct, &member, charge, ttl_seconds)),
                 ) {
-                    (KeyAnswer::Hold(id), true) if acct.holds[id].member == member => {
-                        Ok(Outcome::Hold(acct.holds[id].opened_view()))
-                    }
+                    (KeyAnswer::Hold(id), true) => match acct.holds.get(id) {
+                        Some(hold) if hold.member == member => Ok(Outcome::Hold(hold.opened_view())),
+                        _ => Err(LedgerError::IdempotencyConflict(key)),
+                    },
                     _ => Err(LedgerError::IdempotencyConflict(key)),
                 };
             }
@@ -1547,7 +1543,7 @@ mod tests {
         run(&mut state, member("bob", "u-bob")).unwrap();
         run(&mut state, usage("u-alice", "k1")).unwrap();
         let acct = &state.accounts["ns/a"];
-        let stored = acct.keys["k1"].fingerprint;
+        let stored = acct.keys.get("k1").unwrap().fingerprint;
         // The member is kept as its row: the user id exactly, no hash.
         assert_eq!(
             (stored.row, stored.member),
@@ -1565,7 +1561,10 @@ mod tests {
         record.fingerprint.member = stable_hash("u-alice");
         let old = serde_json::to_string(&state).unwrap();
         let mut restored: State = serde_json::from_str(&old).unwrap();
-        assert_eq!(restored.accounts["ns/a"].keys["k1"].fingerprint.row, NO_ROW);
+        assert_eq!(
+            restored.accounts["ns/a"].keys.get("k1").unwrap().fingerprint.row,
+            NO_ROW
+        );
         assert!(matches!(run(&mut restored, usage("u-alice", "k1")), Ok(Outcome::Usage(ref r)) if r.duplicate));
         assert!(matches!(
             run(&mut restored, usage("u-bob", "k1")),

@@ -373,7 +373,10 @@ fn run_writer(
         let mut state = shared.state.write().unwrap_or_else(|p| p.into_inner());
         for job in &mut jobs {
             let command = std::mem::replace(&mut job.command, Command::Tick { account: None });
-            results.push(state.handle(command, clock.now(), &mut entries));
+            results.push(match recall(&state, &command, journal.as_mut()) {
+                Ok(recalled) => state.handle_recalled(command, clock.now(), &mut entries, recalled),
+                Err(e) => Err(e),
+            });
         }
         let mut held = Some(state).filter(|_| !entries.iter().all(|e| e.event.only_debits()));
         let committed = if entries.is_empty() {
@@ -488,6 +491,29 @@ fn run_writer(
         }
     }
     finish_snapshot(snapshotter.take());
+}
+
+/// The record of a command's key that left memory, from the journal's
+/// unique index (`None` for a new key: the filters knew it by chance). A
+/// read that fails refuses the command rather than take a retry for new.
+fn recall(
+    state: &State,
+    command: &Command,
+    journal: &mut dyn Journal,
+) -> Result<Option<super::state::KeyRecord>, LedgerError> {
+    let Some((account, key)) = state.needs_recall(command) else {
+        return Ok(None);
+    };
+    match journal.find_key(account, key).map_err(LedgerError::from)? {
+        None => Ok(None),
+        // The key is taken: never run the command as new.
+        Some(entry) => state
+            .accounts
+            .get(account)
+            .and_then(|a| a.recall(&entry))
+            .map(Some)
+            .ok_or_else(|| LedgerError::IdempotencyConflict(key.to_string())),
+    }
 }
 
 /// Waits for a background snapshot and reports how it went.
