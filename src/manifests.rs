@@ -490,13 +490,13 @@ pub fn check_object(object: &Object) -> Result<(), (String, String)> {
         }
         Object::Request(r) => {
             if let Some(approval) = r.status.as_ref().and_then(|s| s.approval.as_ref()) {
-                if let Some(c) = approval.credits {
-                    if c.decimal() <= rust_decimal::Decimal::ZERO || c > r.spec.credits {
-                        return Err((
-                            "status.approval.credits".into(),
+                if approval.credits.is_some() {
+                    crate::ledger::check_approval(r.spec.credits, approval.credits).map_err(|_| {
+                        (
+                            "status.approval.credits".to_string(),
                             format!("must be more than 0 and at most the {} requested", r.spec.credits),
-                        ));
-                    }
+                        )
+                    })?;
                 }
             }
         }

@@ -514,3 +514,17 @@ pub(crate) fn check_key(key: &str) -> Result<(), LedgerError> {
 pub(crate) fn check_request_reason(reason: &str) -> Result<(), LedgerError> {
     check_reason("reason", reason)
 }
+
+/// The credits an approval grants: `given`, or the requested amount when
+/// it names none; 0 < credits ≤ requested, else `InvalidApproval`. The one
+/// rule for the ledger, `validate` and standalone manifests.
+pub fn check_approval(requested: Amount, given: Option<Amount>) -> Result<Amount, LedgerError> {
+    let credits = given.unwrap_or(requested);
+    if credits.decimal() <= rust_decimal::Decimal::ZERO || credits > requested {
+        return Err(LedgerError::InvalidApproval {
+            requested: requested.to_string(),
+            given: credits.to_string(),
+        });
+    }
+    Ok(credits)
+}

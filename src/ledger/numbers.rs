@@ -115,6 +115,32 @@ pub fn auto_approve_remaining(group: &Group, cycle: u64) -> Amount {
     (group.settings.auto_approve_reserve - group.tally.at(cycle).auto_granted).max(Amount::ZERO)
 }
 
+/// A member's allocation, usage and what is left in `cycle`, under its
+/// settings of now: `allocation = monthly + extra + granted`, `remaining =
+/// allocation − used`. Cheap (no strings): usage answers read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    pub allocation: Amount,
+    pub granted: Amount,
+    pub used: Amount,
+    pub remaining: Amount,
+}
+
+pub fn standing(m: &Member, cycle: u64) -> Standing {
+    let t = m.tally.at(cycle);
+    allocation(m.monthly(), m.extra_credits, t.granted, t.used)
+}
+
+fn allocation(monthly: Amount, extra: Amount, granted: Amount, used: Amount) -> Standing {
+    let allocation = monthly + extra + granted;
+    Standing {
+        allocation,
+        granted,
+        used,
+        remaining: allocation - used,
+    }
+}
+
 /// A member's figures in `cycle`: the current one, or a closed one as the
 /// member was then (settings and group included). A member enrolled only
 /// after a closed cycle shows zeros under today's settings.
@@ -137,7 +163,9 @@ pub fn member(account: &Account, m: &Member, cycle: u64) -> MemberFigures {
             )
         }
     };
-    let allocation = monthly + extra + granted;
+    let Standing {
+        allocation, remaining, ..
+    } = allocation(monthly, extra, granted, used);
     MemberFigures {
         name: m.name().to_string(),
         user_id: m.user_id().to_string(),
@@ -150,7 +178,7 @@ pub fn member(account: &Account, m: &Member, cycle: u64) -> MemberFigures {
         granted,
         used,
         allocation,
-        remaining: allocation - used,
+        remaining,
         held: if current { m.held } else { Amount::ZERO },
     }
 }
@@ -315,9 +343,8 @@ pub fn authorize(account: &Account, user_id: &str, credits: Amount) -> Result<Au
         return Ok(refuse(Scope::Group));
     };
     let cycle = account.cycle.number;
-    let mt = m.tally.at(cycle);
     let gt = g.tally.at(cycle);
-    let member_room = m.monthly() + m.extra_credits + mt.granted - mt.used - m.held;
+    let member_room = standing(m, cycle).remaining - m.held;
     let group_room = g.settings.budget() + gt.granted - gt.used - g.held;
     let account_room = account.settings.credits_per_cycle - account.used - account.held;
     let mut best = (member_room, Scope::Member);
