@@ -63,6 +63,9 @@ pub struct BenchReport {
     /// A snapshot at a million members: all of it, and the writer's pause.
     pub snapshot_ms: f64,
     pub snapshot_stall_ms: f64,
+    /// The snapshot's size per million members (it holds no closed cycle,
+    /// no closed hold past the window and no key past the window).
+    pub snapshot_mib_per_million_members: f64,
     pub rss_mib_per_million_members: f64,
     /// Unique-key events ingested on an account whose in-memory key
     /// window was already full, and how fast.
@@ -304,6 +307,8 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, LedgerError> {
     let snapshot = ledger.snapshot_blocking()?;
     let snapshot_ms = (snapshot.total.as_secs_f64() * 1000.0).round();
     let snapshot_stall_ms = (snapshot.stall.as_secs_f64() * 1000.0).round();
+    let snapshot_mib_per_million_members =
+        (snapshot.bytes as f64 / 1_048_576.0 * 1_000_000.0 / options.reset_members.max(1) as f64 * 10.0).round() / 10.0;
     ledger.shutdown();
 
     Ok(BenchReport {
@@ -327,6 +332,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, LedgerError> {
         reset_ms,
         snapshot_ms,
         snapshot_stall_ms,
+        snapshot_mib_per_million_members,
         rss_mib_per_million_members,
         key_events: options.key_events,
         key_events_per_sec: keys.events_per_sec,

@@ -51,16 +51,12 @@ fn picture(ledger: &Ledger) -> String {
     let state = ledger.read();
     let mut out = String::new();
     for (id, a) in state.accounts.iter().filter(|(_, a)| a.active) {
-        out.push_str(&format!(
-            "{id} {:?}\n{:?}\n",
-            a.settings,
-            numbers::account(a, a.cycle.number)
-        ));
+        out.push_str(&format!("{id} {:?}\n{:?}\n", a.settings, numbers::account(a)));
         for g in a.groups.values().filter(|g| g.active) {
             out.push_str(&format!("  {:?}\n", numbers::group(a, g)));
         }
         for m in a.members.values().filter(|m| m.active) {
-            out.push_str(&format!("  {:?}\n", numbers::member(a, m, a.cycle.number)));
+            out.push_str(&format!("  {:?}\n", numbers::member(a, m)));
         }
         for r in a.requests.values() {
             out.push_str(&format!("  {:?}\n", r.view()));

@@ -202,16 +202,16 @@ on_both_backends! {
 
         // (user, monthly, extra, used) of cycle 1's `data`, by user id.
         let cycle_one = |f: &Fixture| {
-            let state = f.state();
-            let acct = &state.accounts[ACCOUNT];
-            let groups = numbers::closed_groups(acct, 1).expect("cycle 1 is closed");
+            let view = f.closed(1);
+            let groups = numbers::closed_groups(&view);
             let data = groups.iter().find(|g| g.name == "data").expect("data in cycle 1").clone();
-            let mut listed: Vec<(String, String, String, String)> = numbers::members_in(acct, "data", 1)
-                .map(|m| numbers::member(acct, m, 1))
+            let mut listed: Vec<(String, String, String, String)> = view
+                .members_in("data")
+                .map(numbers::closed_member)
                 .map(|m| (m.user_id, m.monthly.to_string(), m.extra.to_string(), m.used.to_string()))
                 .collect();
             listed.sort();
-            let default_members = numbers::members_in(acct, "default", 1).count();
+            let default_members = view.members_in("default").count();
             (data.members, data.distributed, data.used, listed, default_members)
         };
         let expected = (
@@ -240,13 +240,15 @@ on_both_backends! {
         f.clock.advance(hours(24));
         f.ledger.catch_up_blocking(None).unwrap();
         f.restart();
-        let state = f.state();
-        let acct = &state.accounts[ACCOUNT];
-        let two = numbers::closed_groups(acct, 2).unwrap();
+        let view = f.closed(2);
+        let two = numbers::closed_groups(&view);
         let data = two.iter().find(|g| g.name == "data").unwrap();
         assert_eq!((data.members, data.distributed, data.used), (4, amt("2900"), amt("10")));
-        assert_eq!(numbers::members_in(acct, "data", 2).count(), 4);
-        assert_eq!(numbers::members_in(acct, "default", 2).count(), 0);
+        assert_eq!(view.members_in("data").count(), 4);
+        assert_eq!(view.members_in("default").count(), 0);
+        // Nothing of a closed cycle stays in memory or in a snapshot.
+        let body = journal::encode_snapshot(&f.state()).unwrap();
+        assert!(!body.contains("\"closed\"") && !body.contains("history"), "{body}");
     }
 
     fn a_scheduled_reset_happens_once_across_restarts_and_downtime(db: &Db) {
@@ -281,8 +283,7 @@ on_both_backends! {
         assert_eq!(acct.cycle.start, anchor + 96.hours());
         assert_eq!(acct.cycle.end, anchor + 120.hours());
         // History of the closed cycle stays readable.
-        let state = f.state();
-        let closed = numbers::account(&state.accounts[ACCOUNT], 1).unwrap();
+        let closed = numbers::closed_account(&f.closed(1), true);
         assert_eq!(closed.used, amt("30"));
     }
 
@@ -313,10 +314,10 @@ on_both_backends! {
         assert_eq!(f.state().last_seq, before + 1);
         assert_eq!(f.member_figures("u-m7").used, amt("0"));
         assert_eq!(f.group_figures("default").used, amt("0"));
-        let state = f.state();
-        let acct = &state.accounts[ACCOUNT];
-        assert_eq!(numbers::member(acct, acct.members.get("u-m7").unwrap(), 1).used, amt("1"));
-        assert_eq!(numbers::account(acct, 1).unwrap().used, amt("500"));
+        let view = f.closed(1);
+        let m7 = view.members.iter().find(|m| m.user_id == "u-m7").unwrap();
+        assert_eq!(numbers::closed_member(m7).used, amt("1"));
+        assert_eq!(numbers::closed_account(&view, true).used, amt("500"));
     }
 
     fn the_reset_annotation_resets_once_per_later_value(db: &Db) {
@@ -831,7 +832,12 @@ on_both_backends! {
 
         let rows = |f: &Fixture, cycle: u64, by: CostDimension| {
             let state = f.state();
-            let credit_operator::ledger::costs::Breakdown { items, total, .. } = breakdown(&state.accounts[ACCOUNT], cycle, by).expect("cycle exists");
+            let acct = &state.accounts[ACCOUNT];
+            let credit_operator::ledger::costs::Breakdown { items, total, .. } = if cycle == acct.cycle.number {
+                breakdown(acct, by)
+            } else {
+                credit_operator::ledger::costs::closed_breakdown(&f.closed(cycle), by)
+            };
             let items: Vec<(String, String, String, u64)> = items.into_iter().map(|i| (i.key, i.sum.credits.to_string(), i.sum.cost_usd.to_string(), i.sum.events)).collect();
             (items, (total.credits.to_string(), total.cost_usd.to_string(), total.events))
         };
@@ -992,6 +998,75 @@ on_both_backends! {
         assert!(stats.entries >= 6400);
         eprintln!("{} batches for {} entries", stats.batches, stats.entries);
     }
+
+    fn closed_holds_leave_memory_and_are_read_back_from_the_journal(db: &Db) {
+        use credit_operator::ledger::state::CLOSED_HOLDS_KEPT;
+        let mut f = Fixture::new(db);
+        f.account("100000000", "CalendarMonth");
+        f.group("default", "100000000", "0", "0");
+        f.member("alice", None, Some("100000000"), "0");
+        let open = |f: &Fixture, key: &str| match f.ok(Command::OpenHold { account: ACCOUNT.into(), member: "u-alice".into(), charge: Charge::Credits(amt("10")), ttl_seconds: 60, key: key.into() }) {
+            Outcome::Hold(h) => h,
+            other => panic!("{other:?}"),
+        };
+        let settle = |f: &Fixture, id: &str, credits: &str| f.run(Command::SettleHold { account: ACCOUNT.into(), id: id.into(), charge: Charge::Credits(amt(credits)), labels: Default::default() });
+        let release = |f: &Fixture, id: &str| f.run(Command::ReleaseHold { account: ACCOUNT.into(), id: id.into() });
+        let settled = open(&f, "h-settled");
+        settle(&f, &settled.id, "7").unwrap();
+        let released = open(&f, "h-released");
+        release(&f, &released.id).unwrap();
+        let expired = open(&f, "h-expired");
+        f.clock.advance(SignedDuration::from_secs(61));
+        f.ledger.catch_up_blocking(None).unwrap();
+        let used = |f: &Fixture| f.member_figures("u-alice").used;
+        assert_eq!(used(&f), amt("7"));
+        // As many holds again open and close: the three leave memory.
+        let pending: Vec<_> = (0..CLOSED_HOLDS_KEPT)
+            .map(|i| f.ledger.submit(Command::OpenHold { account: ACCOUNT.into(), member: "u-alice".into(), charge: Charge::Credits(amt("1")), ttl_seconds: 60, key: format!("churn-{i}") }))
+            .collect();
+        let ids: Vec<String> = pending.into_iter().map(|rx| match rx.blocking_recv().unwrap().unwrap() { Outcome::Hold(h) => h.id, other => panic!("{other:?}") }).collect();
+        let pending: Vec<_> = ids.iter().map(|id| f.ledger.submit(Command::ReleaseHold { account: ACCOUNT.into(), id: id.clone() })).collect();
+        for rx in pending {
+            rx.blocking_recv().unwrap().unwrap();
+        }
+        let in_memory = |f: &Fixture| {
+            let state = f.state();
+            let acct = &state.accounts[ACCOUNT];
+            (acct.holds.len(), acct.closed_holds.len(), [&settled.id, &released.id, &expired.id].iter().filter(|id| acct.holds.contains_key(**id)).count())
+        };
+        assert_eq!(in_memory(&f), (CLOSED_HOLDS_KEPT, CLOSED_HOLDS_KEPT, 0), "only the newest closed holds stay");
+
+        for round in ["live", "after a restart"] {
+            // A settled hold: the same settlement is a replay, another a conflict.
+            let again = settle(&f, &settled.id, "7").unwrap();
+            assert!(matches!(again, Outcome::Hold(ref h) if h.duplicate && h.state == HoldState::Settled && h.settled_credits == Some(amt("7"))), "{round}: {again:?}");
+            let err = settle(&f, &settled.id, "8").unwrap_err();
+            assert!(matches!(err, LedgerError::HoldClosed { ref state, .. } if state == "Settled for 7 credits"), "{round}: {err:?}");
+            // A released hold: released again is a replay, settled a conflict.
+            let again = release(&f, &released.id).unwrap();
+            assert!(matches!(again, Outcome::Hold(ref h) if h.duplicate && h.state == HoldState::Released), "{round}: {again:?}");
+            assert!(matches!(settle(&f, &released.id, "1"), Err(LedgerError::HoldClosed { .. })), "{round}");
+            // A replayed key answers the hold as it was opened.
+            let replay = open(&f, "h-settled");
+            assert_eq!((replay.id.as_str(), replay.state, replay.credits, replay.duplicate), (settled.id.as_str(), HoldState::Open, amt("10"), true), "{round}");
+            // Ids that name no hold.
+            assert!(matches!(settle(&f, "hold-3", "1"), Err(LedgerError::UnknownHold(_))), "{round}");
+            assert!(matches!(release(&f, "hold-99999999999"), Err(LedgerError::UnknownHold(_))), "{round}");
+            f.restart();
+        }
+        // An expired hold settled long after: the debit lands once.
+        let late = settle(&f, &expired.id, "4").unwrap();
+        assert!(matches!(late, Outcome::Hold(ref h) if !h.duplicate && h.state == HoldState::Settled && h.settled_credits == Some(amt("4"))), "{late:?}");
+        assert_eq!(used(&f), amt("11"));
+        let again = settle(&f, &expired.id, "4").unwrap();
+        assert!(matches!(again, Outcome::Hold(ref h) if h.duplicate), "{again:?}");
+        assert_eq!(used(&f), amt("11"));
+        let live = f.state();
+        f.restart();
+        assert_eq!(f.state(), live, "replay lets the same holds go");
+        assert_eq!(used(&f), amt("11"));
+    }
+
 }
 
 /// A real SQLite journal whose commits wait while the test holds its gate
@@ -1038,8 +1113,32 @@ impl journal::Journal for Gated {
     fn find_key(&mut self, account: &str, key: &str) -> Result<Option<JournalEntry>, journal::JournalError> {
         self.inner.find_key(account, key)
     }
-    fn save_snapshot(&mut self, state: &State) -> Result<(), journal::JournalError> {
+    fn save_snapshot(&mut self, state: &State) -> Result<u64, journal::JournalError> {
         self.inner.save_snapshot(state)
+    }
+    fn archive(&mut self, records: &[history::Archived]) -> Result<(), journal::JournalError> {
+        self.inner.archive(records)
+    }
+    fn history_from(&mut self) -> Result<u64, journal::JournalError> {
+        self.inner.history_from()
+    }
+    fn closed_cycle(
+        &mut self,
+        account: &str,
+        number: u64,
+    ) -> Result<Option<state::ClosedCycle>, journal::JournalError> {
+        self.inner.closed_cycle(account, number)
+    }
+    fn member_cycles(
+        &mut self,
+        account: &str,
+        cycle: u64,
+        user_ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, (u64, state::MemberCycle)>, journal::JournalError> {
+        self.inner.member_cycles(account, cycle, user_ids)
+    }
+    fn find_hold(&mut self, account: &str, id: &str) -> Result<Vec<JournalEntry>, journal::JournalError> {
+        self.inner.find_hold(account, id)
     }
 }
 
@@ -1090,31 +1189,40 @@ fn a_full_queue_answers_busy_at_once_and_every_queued_command_still_commits() {
         g = wake.wait(g).unwrap();
     }
     drop(g);
-    // The queue takes QUEUE_DEPTH commands; the next is refused at once,
-    // without waiting for room.
-    let queued: Vec<_> = (0..QUEUE_DEPTH)
-        .map(|i| ledger.submit(usage(format!("q{i}"))))
-        .collect();
+    // The queue takes QUEUE_DEPTH commands (besides the two batches the
+    // writer may hold behind the stalled commit); the next is refused at
+    // once, without waiting for room.
+    use credit_operator::ledger::writer::MAX_BATCH;
+    let mut queued = Vec::new();
     let started = std::time::Instant::now();
-    let mut refused = ledger.submit(usage("one-too-many".into()));
-    let answer = refused.try_recv().expect("answered at once");
-    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    let answer = loop {
+        assert!(queued.len() <= QUEUE_DEPTH + 2 * MAX_BATCH, "the queue has no bound");
+        let mut rx = ledger.submit(usage(format!("q{}", queued.len())));
+        match rx.try_recv() {
+            Ok(answer) => break answer,
+            Err(_) => queued.push(rx),
+        }
+    };
+    assert!(queued.len() >= QUEUE_DEPTH, "only {} queued", queued.len());
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let refused_key = format!("q{}", queued.len());
     assert_eq!(answer, Err(LedgerError::Busy(QUEUE_DEPTH)));
     assert_eq!(LedgerError::Busy(QUEUE_DEPTH).code(), "busy");
     // The disk recovers: everything queued commits, the refused one left nothing.
     lock.lock().unwrap().0 = false;
     wake.notify_all();
     assert!(matches!(first.blocking_recv().unwrap(), Ok(Outcome::Usage(_))));
+    let accepted = queued.len() + 1;
     for rx in queued {
         assert!(matches!(rx.blocking_recv().unwrap(), Ok(Outcome::Usage(ref r)) if !r.duplicate));
     }
     let used = |l: &Ledger| l.read().accounts[ACCOUNT].members.get("u-alice").unwrap().tally.used;
-    assert_eq!(used(&ledger), amt(&(QUEUE_DEPTH + 1).to_string()));
-    let Outcome::Usage(retry) = ledger.execute_blocking(usage("one-too-many".into())).unwrap() else {
+    assert_eq!(used(&ledger), amt(&accepted.to_string()));
+    let Outcome::Usage(retry) = ledger.execute_blocking(usage(refused_key)).unwrap() else {
         panic!()
     };
     assert!(!retry.duplicate, "the refused command was never recorded");
-    assert_eq!(used(&ledger), amt(&(QUEUE_DEPTH + 2).to_string()));
+    assert_eq!(used(&ledger), amt(&(accepted + 1).to_string()));
     ledger.shutdown();
 }
 
@@ -1161,7 +1269,7 @@ fn reads_never_show_credit_before_it_is_durable_nor_a_debit_after_its_commit_fai
     let look = |l: &Ledger| -> Result<(String, String), LedgerError> {
         let state = l.read();
         let acct = state.active_account(ACCOUNT)?;
-        let m = numbers::member(acct, acct.members.get("u-alice").unwrap(), acct.cycle.number);
+        let m = numbers::member(acct, acct.members.get("u-alice").unwrap());
         Ok((m.used.to_string(), m.remaining.to_string()))
     };
     let figures = |used: &str, remaining: &str| Ok((used.to_string(), remaining.to_string()));
@@ -1199,7 +1307,7 @@ fn reads_never_show_credit_before_it_is_durable_nor_a_debit_after_its_commit_fai
     };
     let healed = |l: &Ledger| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while l.outage().is_some() || l.read().stale.is_some() {
+        while l.outage().is_some() || l.read().stale.is_set() {
             assert!(std::time::Instant::now() < deadline, "the writer did not heal");
             std::thread::yield_now();
         }
@@ -1307,4 +1415,82 @@ fn sqlite_snapshots_live_beside_the_journal_so_a_locked_snapshot_never_stalls_a_
         .unwrap();
     f.restart();
     assert_eq!(f.state(), marked);
+}
+
+#[test]
+fn sqlite_a_snapshot_that_kept_closed_cycles_in_memory_hands_them_to_the_history_tables() {
+    let db = sqlite_db();
+    let path = db.url.strip_prefix("sqlite://").unwrap().to_string();
+    let mut f = Fixture::new(&db);
+    f.account("100000", "1d");
+    f.group("default", "1000", "0", "0");
+    f.group("data", "5000", "0", "0");
+    f.member("alice", Some("data"), Some("1000"), "0");
+    f.member("bob", Some("data"), Some("800"), "0");
+    f.member("carol", None, Some("300"), "0");
+    f.usage("u-alice", "100", "a1").unwrap();
+    f.usage("u-bob", "50", "b1").unwrap();
+    f.clock.advance(hours(25));
+    f.ledger.catch_up_blocking(None).unwrap();
+    f.usage("u-alice", "10", "a2").unwrap();
+    f.member("bob", None, Some("900"), "0");
+    f.clock.advance(hours(24));
+    f.ledger.catch_up_blocking(None).unwrap();
+    let expected = [f.closed(1), f.closed(2)];
+    assert_eq!(expected[0].cycle.used, amt("150"));
+    assert_eq!(expected[1].cycle.used, amt("10"));
+
+    // The same ledger as an older version kept it: closed cycles and
+    // member histories inside the snapshot, none in the history tables.
+    let live = f.state();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mut snapshot: serde_json::Value = serde_json::from_str(&journal::encode_snapshot(&live).unwrap()).unwrap();
+    let account = &mut snapshot["accounts"][ACCOUNT];
+    let cycles: Vec<serde_json::Value> = conn
+        .prepare("SELECT body FROM closed_cycles ORDER BY number")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|b| serde_json::from_str(&b.unwrap()).unwrap())
+        .collect();
+    assert_eq!(cycles.len(), 2);
+    account["closed"] = serde_json::Value::Array(cycles);
+    let mut histories = 0;
+    for member in account["members"].as_array_mut().unwrap() {
+        let user_id = member["spec"]["user_id"].as_str().unwrap().to_string();
+        let mut history = serde_json::Map::new();
+        let mut rows = conn
+            .prepare("SELECT first_cycle, body FROM member_cycles WHERE user_id = ?1")
+            .unwrap();
+        for row in rows
+            .query_map([&user_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .unwrap()
+        {
+            let (first, body) = row.unwrap();
+            history.insert(first.to_string(), serde_json::from_str(&body).unwrap());
+            histories += 1;
+        }
+        if !history.is_empty() {
+            member["history"] = serde_json::Value::Object(history);
+        }
+    }
+    assert_eq!(
+        histories, 2,
+        "alice (usage) and bob (a new spec) rolled into cycle 2; carol stayed quiet"
+    );
+    conn.execute_batch("DELETE FROM closed_cycles; DELETE FROM member_cycles;")
+        .unwrap();
+    std::fs::remove_file(format!("{path}.snapshots")).ok();
+    conn.execute(
+        "INSERT INTO snapshots (seq, taken_at, body) VALUES (?1, 0, ?2)",
+        rusqlite::params![live.last_seq as i64, snapshot.to_string()],
+    )
+    .unwrap();
+    f.restart();
+    assert_eq!(f.state(), live, "the same state, without its history in memory");
+    assert_eq!([f.closed(1), f.closed(2)], expected, "closed cycles read as before");
+    let stored: i64 = conn
+        .query_row("SELECT count(*) FROM member_cycles", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, histories, "every record is in the history tables again");
 }

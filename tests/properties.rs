@@ -297,7 +297,7 @@ fn check_identities(state: &State) -> Result<(), TestCaseError> {
     let mut total_used = Amount::ZERO;
     let mut total_held = Amount::ZERO;
     for m in acct.members.values() {
-        let f = numbers::member(acct, m, cycle);
+        let f = numbers::member(acct, m);
         prop_assert_eq!(f.allocation, f.monthly + f.extra + f.granted);
         prop_assert_eq!(f.remaining, f.allocation - f.used);
         total_used += f.used;
@@ -307,8 +307,7 @@ fn check_identities(state: &State) -> Result<(), TestCaseError> {
     // Every cost breakdown covers the cycle's spending exactly once.
     use credit_operator::ledger::costs::{breakdown, CostDimension};
     for by in [CostDimension::Model, CostDimension::Provider, CostDimension::Member] {
-        let credit_operator::ledger::costs::Breakdown { items, total, .. } =
-            breakdown(acct, cycle, by).expect("the current cycle");
+        let credit_operator::ledger::costs::Breakdown { items, total, .. } = breakdown(acct, by);
         prop_assert_eq!(total.credits, acct.used);
         prop_assert_eq!(
             items.iter().map(|i| i.sum.credits).sum::<Amount>(),
@@ -346,7 +345,7 @@ fn check_identities(state: &State) -> Result<(), TestCaseError> {
     for g in acct.groups.values().filter(|g| g.active) {
         let f = numbers::group(acct, g);
         let members: Vec<_> = numbers::members_of(acct, &g.name)
-            .map(|m| numbers::member(acct, m, cycle))
+            .map(|m| numbers::member(acct, m))
             .collect();
         prop_assert_eq!(f.budget, f.monthly + f.extra);
         prop_assert_eq!(
@@ -373,7 +372,7 @@ fn check_identities(state: &State) -> Result<(), TestCaseError> {
         prop_assert!(!f.auto_approve_remaining.is_negative());
         prop_assert_eq!(f.members as usize, members.len());
     }
-    let a = numbers::account(acct, cycle).unwrap();
+    let a = numbers::account(acct);
     prop_assert_eq!(a.balance, a.credits_per_cycle - a.used);
     prop_assert_eq!(a.unallocated, a.credits_per_cycle - a.allocated);
     prop_assert_eq!(

@@ -357,9 +357,8 @@ impl Sim {
     fn check(&self, step: usize) {
         // No scope of the guarded account spends past its limit.
         let acct = &self.live.accounts[GUARDED];
-        let cycle = acct.cycle.number;
         for m in acct.members.values() {
-            let f = numbers::member(acct, m, cycle);
+            let f = numbers::member(acct, m);
             if f.used + m.held > f.allocation {
                 self.fail(
                     step,

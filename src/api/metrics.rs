@@ -119,11 +119,10 @@ impl Metrics {
             let readable = state.readable().is_ok();
             for (id, account) in state.accounts.iter().filter(|(_, a)| a.active && readable) {
                 let labels = AccountLabels { account: id.clone() };
-                if let Some(f) = numbers::account(account, account.cycle.number) {
-                    used.get_or_create(&labels).set(gauge_value(f.used));
-                    limit.get_or_create(&labels).set(gauge_value(f.credits_per_cycle));
-                    balance.get_or_create(&labels).set(gauge_value(f.balance));
-                }
+                let f = numbers::account(account);
+                used.get_or_create(&labels).set(gauge_value(f.used));
+                limit.get_or_create(&labels).set(gauge_value(f.credits_per_cycle));
+                balance.get_or_create(&labels).set(gauge_value(f.balance));
                 cycle.get_or_create(&labels).set(account.cycle.number as i64);
                 for g in account.groups.values().filter(|g| g.active) {
                     let f = numbers::group(account, g);
@@ -139,7 +138,8 @@ impl Metrics {
                         .get_or_create(&labels)
                         .set(gauge_value(g.tally.at(account.cycle.number).cost_usd));
                 }
-                if let Some(Breakdown { items, .. }) = breakdown(account, account.cycle.number, CostDimension::Model) {
+                {
+                    let Breakdown { items, .. } = breakdown(account, CostDimension::Model);
                     let mut other = CostSum::default();
                     for (rank, item) in items.into_iter().enumerate() {
                         if rank < TOP_MODELS {

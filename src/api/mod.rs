@@ -31,8 +31,9 @@ use jiff::Timestamp;
 use serde::de::DeserializeOwned;
 
 use crate::amount::Amount;
-use crate::ledger::costs::{breakdown, Breakdown, CostDimension};
-use crate::ledger::state::{Account, Member};
+use crate::ledger::costs::{breakdown, closed_breakdown, Breakdown, CostDimension};
+use crate::ledger::history::ClosedView;
+use crate::ledger::state::Account;
 use crate::ledger::{numbers, Charge, Command, Labels, Ledger, LedgerError, MemberSpec, Outcome, Phase, Verdict};
 use auth::Caller;
 use dto::*;
@@ -390,16 +391,22 @@ fn page<T>(items: Vec<T>, page: u32, size: u32) -> (Vec<T>, u64) {
     (items, total)
 }
 
-/// The cycle a read asks for: `?cycle=N`, else the current one.
-fn cycle_param(params: &Params, account: &Account) -> Result<u64, ApiError> {
-    let cycle = params.number::<u64>("cycle")?.unwrap_or(account.cycle.number);
-    if cycle == 0 || cycle > account.cycle.number {
-        return Err(ApiError::not_found(format!(
-            "cycle {cycle} not found (current is {})",
-            account.cycle.number
-        )));
+/// The closed cycle a read asks for with `?cycle=N`, read from the
+/// ledger's history; `None` for the current cycle (no `cycle`, or its
+/// number).
+async fn closed_param(s: &AppState, id: &str, params: &Params) -> Result<Option<ClosedView>, ApiError> {
+    let current = s.ledger.read().active_account(id)?.cycle.number;
+    let Some(cycle) = params.number::<u64>("cycle")? else {
+        return Ok(None);
+    };
+    if cycle == current {
+        return Ok(None);
     }
-    Ok(cycle)
+    let not_found = || ApiError::not_found(format!("cycle {cycle} not found (current is {current})"));
+    if cycle == 0 || cycle > current {
+        return Err(not_found());
+    }
+    s.ledger.closed(id, cycle).await?.map(Some).ok_or_else(not_found)
 }
 
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/accounts/{account}/usage", tag = "spending",
@@ -546,16 +553,19 @@ async fn overview(
 ) -> Result<Json<OverviewOut>, ApiError> {
     let id = account_id(&ns, &account);
     s.ledger.catch_up(Some(&id)).await?;
+    let closed = closed_param(&s, &id, &Params(params)).await?;
     let state = s.ledger.read();
     let acct = state.active_account(&id)?;
-    let cycle = cycle_param(&Params(params), acct)?;
-    Ok(Json(overview_out(acct, cycle, s.ledger.clock().now())?))
+    let f = match &closed {
+        None => numbers::account(acct),
+        Some(view) => numbers::closed_account(view, acct.settings.tracking_enabled()),
+    };
+    Ok(Json(overview_out(acct, f, s.ledger.clock().now())))
 }
 
-fn overview_out(acct: &Account, cycle: u64, now: Timestamp) -> Result<OverviewOut, ApiError> {
-    let f = numbers::account(acct, cycle).ok_or_else(|| ApiError::not_found(format!("cycle {cycle} not found")))?;
+fn overview_out(acct: &Account, f: numbers::AccountFigures, now: Timestamp) -> OverviewOut {
     let settings = &acct.settings;
-    Ok(OverviewOut {
+    OverviewOut {
         cycle: CycleOut {
             number: f.cycle.number,
             start: rfc3339(f.cycle.start),
@@ -583,7 +593,7 @@ fn overview_out(acct: &Account, cycle: u64, now: Timestamp) -> Result<OverviewOu
             signup_credits: settings.signup_credits,
             default_group: settings.default_group.clone(),
         },
-    })
+    }
 }
 
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/accounts/{account}/groups", tag = "figures",
@@ -597,17 +607,17 @@ async fn groups(
 ) -> Result<Json<GroupsOut>, ApiError> {
     let id = account_id(&ns, &account);
     s.ledger.catch_up(Some(&id)).await?;
-    let state = s.ledger.read();
-    let acct = state.active_account(&id)?;
-    let cycle = cycle_param(&Params(params), acct)?;
-    let items = if cycle == acct.cycle.number {
-        acct.groups
-            .values()
-            .filter(|g| g.active)
-            .map(|g| numbers::group(acct, g))
-            .collect()
-    } else {
-        numbers::closed_groups(acct, cycle).unwrap_or_default()
+    let items = match closed_param(&s, &id, &Params(params)).await? {
+        Some(view) => numbers::closed_groups(&view),
+        None => {
+            let state = s.ledger.read();
+            let acct = state.active_account(&id)?;
+            acct.groups
+                .values()
+                .filter(|g| g.active)
+                .map(|g| numbers::group(acct, g))
+                .collect()
+        }
     };
     Ok(Json(GroupsOut {
         items: items.into_iter().map(group_out).collect(),
@@ -637,11 +647,10 @@ async fn costs(
     })?;
     let (page_no, size) = params.paging()?;
     s.ledger.catch_up(Some(&id)).await?;
-    let state = s.ledger.read();
-    let acct = state.active_account(&id)?;
-    let cycle = cycle_param(&params, acct)?;
-    let Breakdown { window, items, total } =
-        breakdown(acct, cycle, by).ok_or_else(|| ApiError::not_found(format!("cycle {cycle} not found")))?;
+    let Breakdown { window, items, total } = match closed_param(&s, &id, &params).await? {
+        Some(view) => closed_breakdown(&view, by),
+        None => breakdown(s.ledger.read().active_account(&id)?, by),
+    };
     let (items, count) = page(items, page_no, size);
     Ok(Json(CostsOut {
         group_by: by_text.to_string(),
@@ -671,10 +680,6 @@ async fn costs(
     }))
 }
 
-fn matches_search(m: &Member, needle: &str) -> bool {
-    needle.is_empty() || m.display_name().to_lowercase().contains(needle) || m.email().to_lowercase().contains(needle)
-}
-
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/accounts/{account}/groups/{group}/members", tag = "figures",
     params(("ns" = String, Path, description = "The namespace of the account", example = "ml-platform"), ("account" = String, Path, description = "The CreditAccount name", example = "acme"), ("group" = String, Path, example = "research"),
         ("search" = Option<String>, Query, description = "matches name or email, case-insensitive"),
@@ -690,22 +695,32 @@ async fn members(
     s.ledger.catch_up(Some(&id)).await?;
     let params = Params(params);
     let (page_no, size) = params.paging()?;
-    let state = s.ledger.read();
-    let acct = state.active_account(&id)?;
-    let cycle = cycle_param(&params, acct)?;
-    let known = if cycle == acct.cycle.number {
-        acct.groups.get(&group).is_some_and(|g| g.active)
-    } else {
-        numbers::closed_groups(acct, cycle).is_some_and(|gs| gs.iter().any(|g| g.name == group))
-    };
-    if !known {
-        return Err(LedgerError::UnknownGroup(group).into());
-    }
     let needle = params.0.get("search").map(|s| s.to_lowercase()).unwrap_or_default();
-    let mut items: Vec<numbers::MemberFigures> = numbers::members_in(acct, &group, cycle)
-        .filter(|m| matches_search(m, &needle))
-        .map(|m| numbers::member(acct, m, cycle))
-        .collect();
+    let found = |name: &str, email: &str| {
+        needle.is_empty() || name.to_lowercase().contains(&needle) || email.to_lowercase().contains(&needle)
+    };
+    let mut items: Vec<numbers::MemberFigures> = match closed_param(&s, &id, &params).await? {
+        Some(view) => {
+            if !view.cycle.groups.iter().any(|g| g.name == group) {
+                return Err(LedgerError::UnknownGroup(group).into());
+            }
+            view.members_in(&group)
+                .filter(|m| found(&m.display_name, &m.email))
+                .map(numbers::closed_member)
+                .collect()
+        }
+        None => {
+            let state = s.ledger.read();
+            let acct = state.active_account(&id)?;
+            if !acct.groups.get(&group).is_some_and(|g| g.active) {
+                return Err(LedgerError::UnknownGroup(group).into());
+            }
+            numbers::members_of(acct, &group)
+                .filter(|m| found(m.display_name(), m.email()))
+                .map(|m| numbers::member(acct, m))
+                .collect()
+        }
+    };
     items.sort_by(|a, b| (&a.email, &a.user_id).cmp(&(&b.email, &b.user_id)));
     let (items, total) = page(items, page_no, size);
     Ok(Json(MembersOut {
@@ -797,10 +812,7 @@ async fn enrol(
         .members
         .get(&user_id)
         .ok_or_else(|| LedgerError::UnknownMember(user_id.clone()))?;
-    Ok((
-        StatusCode::CREATED,
-        Json(member_out(numbers::member(acct, m, acct.cycle.number))),
-    ))
+    Ok((StatusCode::CREATED, Json(member_out(numbers::member(acct, m)))))
 }
 
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/accounts/{account}/requests", tag = "requests",
@@ -1094,7 +1106,7 @@ async fn patch_member(
         .members
         .get(&user_id)
         .ok_or_else(|| LedgerError::UnknownMember(user_id.clone()))?;
-    Ok(Json(member_out(numbers::member(acct, m, acct.cycle.number))))
+    Ok(Json(member_out(numbers::member(acct, m))))
 }
 
 #[utoipa::path(patch, path = "/v1/namespaces/{ns}/accounts/{account}/groups/{group}", tag = "figures",
@@ -1181,7 +1193,7 @@ async fn patch_settings(
     s.ledger.catch_up(Some(&id)).await?;
     let state = s.ledger.read();
     let acct = state.active_account(&id)?;
-    Ok(Json(overview_out(acct, acct.cycle.number, s.ledger.clock().now())?))
+    Ok(Json(overview_out(acct, numbers::account(acct), s.ledger.clock().now())))
 }
 
 /// The shortest time between two `changed` events of one stream.

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::error::LedgerError;
+use super::history::ClosedView;
 use super::state::Account;
 use crate::amount::Amount;
 use crate::cycle::CycleWindow;
@@ -272,64 +273,75 @@ pub struct Breakdown {
     pub total: CostSum,
 }
 
-/// The breakdown of `cycle` by `by`; `None` when the account never had
-/// the cycle.
-pub fn breakdown(account: &Account, cycle: u64, by: CostDimension) -> Option<Breakdown> {
-    let current = cycle == account.cycle.number;
-    let closed = if current {
-        None
-    } else {
-        Some(account.closed.iter().find(|c| c.window.number == cycle)?)
-    };
-    let (window, costs, total) = match closed {
-        None => (account.cycle, &account.costs, account.spent()),
-        Some(c) => (c.window, &c.costs, c.spent()),
-    };
-    let item = |key: &str, sum: CostSum| CostItem {
-        key: key.to_string(),
-        label: None,
-        sum,
-    };
-    let mut items: Vec<CostItem> = match by {
-        CostDimension::Model => costs.models.iter().map(|(k, s)| item(k, *s)).collect(),
-        CostDimension::Provider => costs.providers.iter().map(|(k, s)| item(k, *s)).collect(),
-        CostDimension::Group if current => account
+/// The current cycle of an account broken down by `by`.
+pub fn breakdown(account: &Account, by: CostDimension) -> Breakdown {
+    let cycle = account.cycle.number;
+    let items = match by {
+        CostDimension::Model => sums(&account.costs.models),
+        CostDimension::Provider => sums(&account.costs.providers),
+        CostDimension::Group => account
             .groups
             .values()
             .filter(|g| g.active)
             .map(|g| item(&g.name, g.tally.at(cycle).spent()))
             .collect(),
-        CostDimension::Group => closed
-            .map(|c| c.groups.iter().map(|g| item(&g.name, g.spent())).collect())
-            .unwrap_or_default(),
         CostDimension::Member => account
             .members
             .values()
-            .map(|m| {
-                let sum = match m.as_of(cycle, &account.settings.default_group) {
-                    Some(h) if !current => h.spent(),
-                    _ => m.tally.at(cycle).spent(),
-                };
-                let label = if m.display_name().is_empty() {
-                    m.email()
-                } else {
-                    m.display_name()
-                };
-                CostItem {
-                    key: m.user_id().to_string(),
-                    label: Some(label.to_string()),
-                    sum,
-                }
-            })
+            .map(|m| member_item(m.user_id(), m.display_name(), m.email(), m.tally.at(cycle).spent()))
             .collect(),
     };
+    sorted(account.cycle, items, account.spent())
+}
+
+/// A closed cycle broken down by `by`.
+pub fn closed_breakdown(view: &ClosedView, by: CostDimension) -> Breakdown {
+    let closed = &view.cycle;
+    let items = match by {
+        CostDimension::Model => sums(&closed.costs.models),
+        CostDimension::Provider => sums(&closed.costs.providers),
+        CostDimension::Group => closed.groups.iter().map(|g| item(&g.name, g.spent())).collect(),
+        CostDimension::Member => view
+            .members
+            .iter()
+            .map(|m| member_item(&m.user_id, &m.display_name, &m.email, m.record.spent()))
+            .collect(),
+    };
+    sorted(closed.window, items, closed.spent())
+}
+
+fn item(key: &str, sum: CostSum) -> CostItem {
+    CostItem {
+        key: key.to_string(),
+        label: None,
+        sum,
+    }
+}
+
+fn sums(map: &BTreeMap<String, CostSum>) -> Vec<CostItem> {
+    map.iter().map(|(k, s)| item(k, *s)).collect()
+}
+
+/// A member's row: keyed by user id, labelled by display name or email.
+fn member_item(user_id: &str, display_name: &str, email: &str, sum: CostSum) -> CostItem {
+    let label = if display_name.is_empty() { email } else { display_name };
+    CostItem {
+        key: user_id.to_string(),
+        label: Some(label.to_string()),
+        sum,
+    }
+}
+
+/// Rows with something in them, largest first: credits, then dollars,
+/// then key.
+fn sorted(window: CycleWindow, mut items: Vec<CostItem>, total: CostSum) -> Breakdown {
     items.retain(|i| !i.sum.is_empty());
     items.sort_by(|a, b| {
         (b.sum.credits, b.sum.cost_usd)
             .cmp(&(a.sum.credits, a.sum.cost_usd))
             .then_with(|| a.key.cmp(&b.key))
     });
-    Some(Breakdown { window, items, total })
+    Breakdown { window, items, total }
 }
 
 #[cfg(test)]

@@ -1,9 +1,13 @@
 //! The durable journal: append-only entries, group-committed, plus
 //! snapshots of the whole state. Two backends implement it.
 
+use std::collections::HashMap;
+
 use super::error::LedgerError;
+use super::history::Archived;
+use super::members::MemberCycle;
 use super::model::JournalEntry;
-use super::state::State;
+use super::state::{ClosedCycle, State};
 
 /// Why the journal failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +42,27 @@ pub trait Journal: Send + 'static {
     /// work off the writer thread (snapshots).
     fn attach(&self) -> Result<Box<dyn Journal>, JournalError>;
     /// Writes a batch in one transaction, only while this writer's epoch
-    /// is still the stored one. All or nothing.
+    /// is still the stored one, with the history records its entries
+    /// carry. All or nothing.
     fn append(&mut self, entries: &[JournalEntry]) -> Result<(), JournalError>;
+    /// Writes history records that may be stored already (those a replay
+    /// produced again, those of an older snapshot); a stored one is kept.
+    fn archive(&mut self, records: &[Archived]) -> Result<(), JournalError>;
+    /// The last entry written before the history tables existed: records
+    /// of entries up to it were never written with them.
+    fn history_from(&mut self) -> Result<u64, JournalError>;
+    /// A closed cycle of an account.
+    fn closed_cycle(&mut self, account: &str, number: u64) -> Result<Option<ClosedCycle>, JournalError>;
+    /// For each of `user_ids` that has one, the record whose range holds
+    /// `cycle`, as `user id → (first, record)`.
+    fn member_cycles(
+        &mut self,
+        account: &str,
+        cycle: u64,
+        user_ids: &[&str],
+    ) -> Result<HashMap<String, (u64, MemberCycle)>, JournalError>;
+    /// Every entry of one hold, in order (the journal's index of holds).
+    fn find_hold(&mut self, account: &str, id: &str) -> Result<Vec<JournalEntry>, JournalError>;
     /// The newest snapshot: the state as of its last sequence number.
     fn latest_snapshot(&mut self) -> Result<Option<State>, JournalError>;
     /// Entries after `seq`, in order, handed to `f`.
@@ -47,8 +70,9 @@ pub trait Journal: Send + 'static {
     /// The entry that recorded `key` in `account`, with its stored first
     /// answer: the journal's unique index holds every key for good.
     fn find_key(&mut self, account: &str, key: &str) -> Result<Option<JournalEntry>, JournalError>;
-    /// Stores a snapshot of `state` (as of `state.last_seq`).
-    fn save_snapshot(&mut self, state: &State) -> Result<(), JournalError>;
+    /// Stores a snapshot of `state` (as of `state.last_seq`); answers its
+    /// size in bytes.
+    fn save_snapshot(&mut self, state: &State) -> Result<u64, JournalError>;
     /// After a failed write: a fresh connection under the same epoch,
     /// fenced when another writer has taken a newer one meanwhile. A
     /// backend whose connection cannot drop (a local file) keeps its own.
@@ -68,15 +92,23 @@ pub fn open(url: &str) -> Result<Box<dyn Journal>, JournalError> {
     Err(JournalError::BadUrl(url.to_string()))
 }
 
-/// Rebuilds the state: the newest snapshot, then every later entry.
+/// Rebuilds the state: the newest snapshot, then every later entry. The
+/// history records an older snapshot kept in memory, and those of entries
+/// written before the history tables existed, are stored on the way.
 pub fn recover(journal: &mut dyn Journal) -> Result<State, JournalError> {
     let mut state = journal.latest_snapshot()?.unwrap_or_default();
+    let mut records = state.take_legacy();
+    let history_from = journal.history_from()?;
     let mut gap = None;
     journal.replay_after(state.last_seq, &mut |entry| {
         if gap.is_none() && entry.seq != state.last_seq + 1 {
             gap = Some((state.last_seq, entry.seq));
         }
         state.apply(&entry);
+        let archived = state.take_archived(&entry.account);
+        if entry.seq <= history_from {
+            records.extend(archived.0);
+        }
     })?;
     if let Some((after, found)) = gap {
         return Err(JournalError::Corrupt {
@@ -84,7 +116,54 @@ pub fn recover(journal: &mut dyn Journal) -> Result<State, JournalError> {
             message: format!("expected entry {} next", after + 1),
         });
     }
+    if !records.is_empty() {
+        journal.archive(&records)?;
+    }
     Ok(state)
+}
+
+/// A history record as a row: account, user id (empty for a cycle),
+/// first and last cycle, body.
+pub(crate) fn archive_row(record: &Archived) -> Result<(&str, &str, i64, i64, String), JournalError> {
+    match record {
+        Archived::Cycle { account, cycle } => {
+            let n = cycle_number(cycle.window.number)?;
+            Ok((account, "", n, n, to_json(cycle)?))
+        }
+        Archived::Member {
+            account,
+            user_id,
+            first,
+            last,
+            record,
+        } => Ok((
+            account,
+            user_id,
+            cycle_number(*first)?,
+            cycle_number(*last)?,
+            to_json(record)?,
+        )),
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, JournalError> {
+    serde_json::to_string(value).map_err(|e| JournalError::Backend(format!("encoding a history record: {e}")))
+}
+
+fn cycle_number(n: u64) -> Result<i64, JournalError> {
+    i64::try_from(n).map_err(|_| JournalError::Backend(format!("cycle number {n} is out of range")))
+}
+
+/// Decodes a closed cycle's stored body.
+pub(crate) fn decode_closed_cycle(body: &str) -> Result<ClosedCycle, JournalError> {
+    crate::amount::reading_records(|| serde_json::from_str(body))
+        .map_err(|e| JournalError::Backend(format!("a closed cycle's record is unreadable: {e}")))
+}
+
+/// Decodes a member's stored record of a cycle.
+pub(crate) fn decode_member_cycle(body: &str) -> Result<MemberCycle, JournalError> {
+    crate::amount::reading_records(|| serde_json::from_str(body))
+        .map_err(|e| JournalError::Backend(format!("a member's record of a cycle is unreadable: {e}")))
 }
 
 /// Encodes an event for storage.
@@ -152,6 +231,7 @@ pub(crate) fn decode(
         key,
         event,
         answer,
+        archived: Default::default(),
     })
 }
 
@@ -200,7 +280,35 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
     // A keyed entry's first answer, beside its event, for a retry after
     // the key left memory (see `keys`).
     (3, "ALTER TABLE journal ADD COLUMN answer TEXT;"),
+    // Closed cycles and members' records of them (see `history`), and an
+    // index of hold events for holds that left memory. `history_from`
+    // marks the last entry written before: replay stores what those left.
+    // Each backend fills `hold_id` of older hold events (HOLD_ID_BACKFILL).
+    (
+        4,
+        "CREATE TABLE closed_cycles (
+        account TEXT NOT NULL,
+        number BIGINT NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (account, number)
+    );
+    CREATE TABLE member_cycles (
+        account TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        first_cycle BIGINT NOT NULL,
+        last_cycle BIGINT NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (account, user_id, first_cycle)
+    );
+    CREATE TABLE history_from AS SELECT COALESCE(MAX(seq), 0) AS seq FROM journal;
+    ALTER TABLE journal ADD COLUMN hold_id TEXT;
+    CREATE INDEX journal_hold ON journal (account, hold_id) WHERE hold_id IS NOT NULL;",
+    ),
 ];
+
+/// The version whose migration each backend follows with its own fill of
+/// `journal.hold_id` for the hold events already written, and the index.
+pub(crate) const HOLD_ID_VERSION: i64 = 4;
 
 #[cfg(test)]
 mod tests {

@@ -68,6 +68,20 @@ pub struct MemberCycle {
     pub active: bool,
 }
 
+impl MemberCycle {
+    /// The same member in a cycle after this one in which it did nothing:
+    /// the same settings and enrolment, zero figures.
+    pub fn quiet(self) -> MemberCycle {
+        MemberCycle {
+            used: Amount::ZERO,
+            granted: Amount::ZERO,
+            cost_usd: Amount::ZERO,
+            events: 0,
+            ..self
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -144,10 +158,6 @@ pub struct Member {
     pub active: bool,
     pub tally: MemberTally,
     pub held: Amount,
-    /// Boxed: 8 bytes for the many members without closed cycles, where a
-    /// bare map would take 24.
-    #[allow(clippy::box_collection)]
-    pub history: Option<Box<BTreeMap<u64, MemberCycle>>>,
 }
 
 /// How a member is written in a snapshot.
@@ -158,7 +168,9 @@ struct MemberRecord {
     active: bool,
     tally: MemberTally,
     held: Amount,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// Closed cycles, in snapshots written before they moved to the
+    /// history tables (read, never written).
+    #[serde(default, skip_serializing)]
     history: BTreeMap<u64, MemberCycle>,
     /// Whether this member's object name refers to it (a name reused by
     /// several user ids refers to the last one configured with it, which
@@ -175,8 +187,6 @@ struct MemberRecordRef<'a> {
     active: bool,
     tally: MemberTally,
     held: Amount,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    history: Option<&'a BTreeMap<u64, MemberCycle>>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     holds_name: bool,
 }
@@ -209,7 +219,6 @@ impl<'a> From<&'a Member> for MemberRecordRef<'a> {
             active: m.active,
             tally: m.tally,
             held: m.held,
-            history: m.history.as_deref(),
             holds_name: false,
         }
     }
@@ -221,7 +230,6 @@ impl From<MemberRecord> for Member {
         m.active = r.active;
         m.tally = r.tally;
         m.held = r.held;
-        m.history = (!r.history.is_empty()).then(|| Box::new(r.history));
         m
     }
 }
@@ -234,7 +242,7 @@ impl From<Member> for MemberRecord {
             active: m.active,
             tally: m.tally,
             held: m.held,
-            history: m.history.map(|h| *h).unwrap_or_default(),
+            history: BTreeMap::new(),
             holds_name: false,
         }
     }
@@ -254,7 +262,6 @@ impl Member {
                 ..MemberTally::default()
             },
             held: Amount::ZERO,
-            history: None,
         }
     }
 
@@ -316,13 +323,14 @@ impl Member {
         self.extra_credits = spec.extra_credits;
     }
 
-    /// Moves the tally to `cycle`; the cycle it leaves goes to the history
-    /// with its figures and the settings in force until now, even without
-    /// activity: every change of settings, group or enrolment rolls first,
-    /// so a record also stands for the quiet cycles after it.
-    pub fn roll(&mut self, cycle: u64, default_group: &str) {
+    /// Moves the tally to `cycle`. The cycle it leaves is answered as a
+    /// record for the history tables, `(first, last, record)`: its figures
+    /// and the settings in force until now, standing also for the quiet
+    /// cycles up to `cycle` (every change of settings, group or enrolment
+    /// rolls first, so nothing changed in between).
+    pub fn roll(&mut self, cycle: u64, default_group: &str) -> Option<(u64, u64, MemberCycle)> {
         if self.tally.cycle == cycle {
-            return;
+            return None;
         }
         let old = std::mem::replace(
             &mut self.tally,
@@ -331,12 +339,7 @@ impl Member {
                 ..MemberTally::default()
             },
         );
-        if old.cycle != 0 {
-            let record = self.record(&old, default_group);
-            self.history
-                .get_or_insert_with(Default::default)
-                .insert(old.cycle, record);
-        }
+        (old.cycle != 0 && old.cycle < cycle).then(|| (old.cycle, cycle - 1, self.record(&old, default_group)))
     }
 
     fn record(&self, t: &MemberTally, default_group: &str) -> MemberCycle {
@@ -352,33 +355,13 @@ impl Member {
         }
     }
 
-    /// The member's recorded history entry for `cycle`, if it had one.
-    pub fn closed(&self, cycle: u64) -> Option<&MemberCycle> {
-        self.history.as_ref().and_then(|h| h.get(&cycle))
-    }
-
-    /// What this member was in `cycle`: its figures, and its settings and
-    /// enrolment as that cycle ended; `None` when it was first enrolled
-    /// later. The same before and after a restart: it reads only what a
-    /// snapshot and a replay both rebuild. `default_group` is the account's
-    /// current one, for a member untouched since `cycle`.
-    pub fn as_of(&self, cycle: u64, default_group: &str) -> Option<MemberCycle> {
-        if cycle >= self.tally.cycle {
-            // Untouched since: today's settings were those of then.
-            let t = self.tally.at(cycle);
-            return Some(self.record(&t, default_group));
-        }
-        let history = self.history.as_deref()?;
-        // The latest record at or before `cycle`; a later one's absence
-        // means nothing changed between them.
-        let (&at, record) = history.range(..=cycle).next_back()?;
-        let mut record = record.clone();
-        if at != cycle {
-            let quiet = MemberTally::default();
-            (record.used, record.granted, record.cost_usd, record.events) =
-                (quiet.used, quiet.granted, quiet.cost_usd, quiet.events);
-        }
-        Some(record)
+    /// What this member was in `cycle`, when memory can tell: the member
+    /// has not been touched since (its settings of now were those of then;
+    /// figures of an older cycle read as zero). `None` when it was touched
+    /// after `cycle`: its record in the history tables has it.
+    /// `default_group` is the account's current one.
+    pub fn as_of_current(&self, cycle: u64, default_group: &str) -> Option<MemberCycle> {
+        (cycle >= self.tally.cycle).then(|| self.record(&self.tally.at(cycle), default_group))
     }
 }
 
@@ -389,6 +372,10 @@ pub struct MemberTable {
     by_id: HashTable<u32>,
     by_name: HashTable<u32>,
     hasher: hashbrown::DefaultHashBuilder,
+    /// Closed cycles read from a snapshot written before they moved to
+    /// the history tables, as `(user id, first, last, record)`, until the
+    /// writer stores them ([`MemberTable::take_legacy_history`]).
+    legacy_history: Vec<(String, u64, u64, MemberCycle)>,
 }
 
 impl Clone for MemberTable {
@@ -398,6 +385,7 @@ impl Clone for MemberTable {
             by_id: self.by_id.clone(),
             by_name: self.by_name.clone(),
             hasher: self.hasher,
+            legacy_history: self.legacy_history.clone(),
         }
     }
 }
@@ -446,8 +434,19 @@ impl Serialize for MemberTable {
 
 impl<'de> Deserialize<'de> for MemberTable {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let records = Vec::<MemberRecord>::deserialize(d)?;
+        let mut records = Vec::<MemberRecord>::deserialize(d)?;
         let holders: Vec<bool> = records.iter().map(|r| r.holds_name).collect();
+        // A record stood for its cycle and the quiet ones up to the next
+        // record, the last one up to the cycle the member is in now.
+        let mut legacy_history = Vec::new();
+        for r in &mut records {
+            let history = std::mem::take(&mut r.history);
+            let mut cycles = history.into_iter().peekable();
+            while let Some((first, record)) = cycles.next() {
+                let next = cycles.peek().map_or(r.tally.cycle, |(c, _)| *c);
+                legacy_history.push((r.spec.user_id.clone(), first, next.max(first + 1) - 1, record));
+            }
+        }
         let mut table = MemberTable::from(records.into_iter().map(Member::from).collect::<Vec<_>>());
         // The snapshot says which member holds each name, as the live table
         // knew: exactly those names are indexed (a name dropped by a rename
@@ -460,11 +459,17 @@ impl<'de> Deserialize<'de> for MemberTable {
                 table.point_name(i as u32);
             }
         }
+        table.legacy_history = legacy_history;
         Ok(table)
     }
 }
 
 impl MemberTable {
+    /// Closed cycles of an older snapshot, once, for the history tables.
+    pub fn take_legacy_history(&mut self) -> Vec<(String, u64, u64, MemberCycle)> {
+        std::mem::take(&mut self.legacy_history)
+    }
+
     fn rebuild_ids(&mut self) {
         let mut by_id = HashTable::with_capacity(self.rows.len());
         for (i, m) in self.rows.iter().enumerate() {

@@ -3,6 +3,7 @@
 //! - [`model`]: the vocabulary — settings, commands, journal events, answers.
 //! - [`state`]: the deterministic state machine; commands in, events out.
 //! - [`numbers`]: every figure users see, computed in one place.
+//! - [`history`]: closed cycles, kept in the database, not in memory.
 //! - [`costs`]: usage labels (model, provider, tags) and cost breakdowns.
 //! - [`keys`]: idempotency keys, the recent ones whole in memory, older
 //!   ones as Bloom filter bits in front of the journal's unique index.
@@ -13,6 +14,7 @@
 
 pub mod costs;
 pub mod error;
+pub mod history;
 pub mod journal;
 pub mod keys;
 pub mod members;

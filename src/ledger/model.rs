@@ -420,6 +420,10 @@ pub enum Event {
         credits: Amount,
         #[serde(default, skip_serializing_if = "Labels::is_empty")]
         labels: Labels,
+        /// The hold's member, when the hold had left memory (an expired
+        /// hold settled long after, see `state::holds`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        member: Option<String>,
     },
     HoldReleased {
         id: String,
@@ -430,6 +434,17 @@ pub enum Event {
 }
 
 impl Event {
+    /// The hold an event is about, for the journal's index of holds.
+    pub fn hold_id(&self) -> Option<&str> {
+        match self {
+            Event::HoldOpened { id, .. }
+            | Event::HoldSettled { id, .. }
+            | Event::HoldReleased { id }
+            | Event::HoldExpired { id } => Some(id),
+            _ => None,
+        }
+    }
+
     /// True for an event that can only take credit away (or change no
     /// figure): usage, a hold opened, a request submitted. Every other
     /// event may give credit: a grant, a setting, a reset, a hold let go.
@@ -455,6 +470,10 @@ pub struct JournalEntry {
     /// retry that comes after the key left memory. Replay recomputes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
+    /// Closed-cycle records the event produced, written to the history
+    /// tables in the same commit ([`super::history`]); not journaled.
+    #[serde(skip)]
+    pub archived: super::history::Archive,
 }
 
 /// The answer to a usage event.

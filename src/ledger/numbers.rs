@@ -14,6 +14,8 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use serde::Serialize;
 
 use super::error::LedgerError;
+use super::history::{ClosedMember, ClosedView};
+use super::model::GroupSettings;
 use super::state::{Account, Group, Member};
 use crate::amount::Amount;
 use crate::cycle::CycleWindow;
@@ -141,59 +143,53 @@ fn allocation(monthly: Amount, extra: Amount, granted: Amount, used: Amount) -> 
     }
 }
 
-/// A member's figures in `cycle`: the current one, or a closed one as the
-/// member was then (settings and group included). A member enrolled only
-/// after a closed cycle shows zeros under today's settings.
-pub fn member(account: &Account, m: &Member, cycle: u64) -> MemberFigures {
-    let current = cycle == account.cycle.number;
-    let then = (!current)
-        .then(|| m.as_of(cycle, &account.settings.default_group))
-        .flatten();
-    let (group, monthly, extra, used, granted, active) = match then {
-        Some(h) => (h.group, h.monthly, h.extra, h.used, h.granted, h.active),
-        None => {
-            let t = m.tally.at(cycle);
-            (
-                account.group_of(m).to_string(),
-                m.monthly(),
-                m.extra_credits,
-                t.used,
-                t.granted,
-                m.active && (current || cycle >= m.tally.cycle),
-            )
-        }
-    };
+/// A member's figures in the current cycle.
+pub fn member(account: &Account, m: &Member) -> MemberFigures {
     let Standing {
-        allocation, remaining, ..
-    } = allocation(monthly, extra, granted, used);
+        allocation,
+        granted,
+        used,
+        remaining,
+    } = standing(m, account.cycle.number);
     MemberFigures {
         name: m.name().to_string(),
         user_id: m.user_id().to_string(),
         email: m.email().to_string(),
         display_name: m.display_name().to_string(),
-        group,
-        active,
-        monthly,
-        extra,
+        group: account.group_of(m).to_string(),
+        active: m.active,
+        monthly: m.monthly(),
+        extra: m.extra_credits,
         granted,
         used,
         allocation,
         remaining,
-        held: if current { m.held } else { Amount::ZERO },
+        held: m.held,
     }
 }
 
-/// The members a group had in `cycle`: its active members in the current
-/// one; in a closed one, those enrolled in it as that cycle ended.
-pub fn members_in<'a>(account: &'a Account, group: &'a str, cycle: u64) -> Box<dyn Iterator<Item = &'a Member> + 'a> {
-    if cycle == account.cycle.number {
-        return Box::new(members_of(account, group));
+/// A member's figures in a closed cycle, as the member was then
+/// (settings, group and enrolment included).
+pub fn closed_member(m: &ClosedMember) -> MemberFigures {
+    let r = &m.record;
+    let Standing {
+        allocation, remaining, ..
+    } = allocation(r.monthly, r.extra, r.granted, r.used);
+    MemberFigures {
+        name: m.name.clone(),
+        user_id: m.user_id.clone(),
+        email: m.email.clone(),
+        display_name: m.display_name.clone(),
+        group: r.group.clone(),
+        active: r.active,
+        monthly: r.monthly,
+        extra: r.extra,
+        granted: r.granted,
+        used: r.used,
+        allocation,
+        remaining,
+        held: Amount::ZERO,
     }
-    let default_group = account.settings.default_group.as_str();
-    Box::new(account.members.values().filter(move |m| {
-        m.as_of(cycle, default_group)
-            .is_some_and(|h| h.active && h.group == group)
-    }))
 }
 
 /// The active members of a group, as of the current cycle.
@@ -213,86 +209,101 @@ pub fn group(account: &Account, g: &Group) -> GroupFigures {
         distributed += m.monthly() + m.extra_credits;
         count += 1;
     }
-    let budget = g.settings.budget();
-    GroupFigures {
-        name: g.name.clone(),
-        monthly: g.settings.monthly_credits,
-        extra: g.settings.extra_credits,
-        budget,
+    group_figures(
+        &g.name,
+        &g.settings,
         distributed,
-        available: budget - distributed,
-        granted: t.granted,
-        used: t.used,
-        auto_approve_reserve: g.settings.auto_approve_reserve,
-        auto_approve_remaining: auto_approve_remaining(g, cycle),
-        members: count,
-    }
-}
-
-/// The groups of a closed cycle, reconstructed from what was recorded.
-pub fn closed_groups(account: &Account, cycle: u64) -> Option<Vec<GroupFigures>> {
-    let closed = account.closed.iter().find(|c| c.window.number == cycle)?;
-    Some(
-        closed
-            .groups
-            .iter()
-            .map(|g| {
-                let (mut distributed, mut count) = (Amount::ZERO, 0u32);
-                for m in members_in(account, &g.name, cycle) {
-                    let f = member(account, m, cycle);
-                    distributed += f.monthly + f.extra;
-                    count += 1;
-                }
-                let budget = g.settings.budget();
-                GroupFigures {
-                    name: g.name.clone(),
-                    monthly: g.settings.monthly_credits,
-                    extra: g.settings.extra_credits,
-                    budget,
-                    distributed,
-                    available: budget - distributed,
-                    granted: g.granted,
-                    used: g.used,
-                    auto_approve_reserve: g.settings.auto_approve_reserve,
-                    auto_approve_remaining: (g.settings.auto_approve_reserve - g.auto_granted).max(Amount::ZERO),
-                    members: count,
-                }
-            })
-            .collect(),
+        count,
+        t.granted,
+        t.used,
+        t.auto_granted,
     )
 }
 
-/// An account's figures in `cycle`; `None` for a cycle it never had.
-pub fn account(account: &Account, cycle: u64) -> Option<AccountFigures> {
-    let tracking_enabled = account.settings.tracking_enabled();
-    if cycle == account.cycle.number {
-        let groups: Vec<(String, Amount, Amount)> = account
-            .groups
-            .values()
-            .filter(|g| g.active)
-            .map(|g| (g.name.clone(), g.settings.budget(), g.tally.at(cycle).used))
-            .collect();
-        return Some(figures(
-            account.cycle,
-            account.settings.credits_per_cycle,
-            account.used,
-            tracking_enabled,
-            groups,
-        ));
+/// `budget`, `available` and the reserve left, from a group's settings
+/// and sums.
+fn group_figures(
+    name: &str,
+    settings: &GroupSettings,
+    distributed: Amount,
+    members: u32,
+    granted: Amount,
+    used: Amount,
+    auto_granted: Amount,
+) -> GroupFigures {
+    let budget = settings.budget();
+    GroupFigures {
+        name: name.to_string(),
+        monthly: settings.monthly_credits,
+        extra: settings.extra_credits,
+        budget,
+        distributed,
+        available: budget - distributed,
+        granted,
+        used,
+        auto_approve_reserve: settings.auto_approve_reserve,
+        auto_approve_remaining: (settings.auto_approve_reserve - auto_granted).max(Amount::ZERO),
+        members,
     }
-    let closed = account.closed.iter().find(|c| c.window.number == cycle)?;
+}
+
+/// The groups of a closed cycle, as they ended it.
+pub fn closed_groups(view: &ClosedView) -> Vec<GroupFigures> {
+    view.cycle
+        .groups
+        .iter()
+        .map(|g| {
+            let (mut distributed, mut count) = (Amount::ZERO, 0u32);
+            for m in view.members_in(&g.name) {
+                distributed += m.record.monthly + m.record.extra;
+                count += 1;
+            }
+            group_figures(
+                &g.name,
+                &g.settings,
+                distributed,
+                count,
+                g.granted,
+                g.used,
+                g.auto_granted,
+            )
+        })
+        .collect()
+}
+
+/// An account's figures in the current cycle.
+pub fn account(account: &Account) -> AccountFigures {
+    let cycle = account.cycle.number;
+    let groups: Vec<(String, Amount, Amount)> = account
+        .groups
+        .values()
+        .filter(|g| g.active)
+        .map(|g| (g.name.clone(), g.settings.budget(), g.tally.at(cycle).used))
+        .collect();
+    figures(
+        account.cycle,
+        account.settings.credits_per_cycle,
+        account.used,
+        account.settings.tracking_enabled(),
+        groups,
+    )
+}
+
+/// An account's figures in a closed cycle (tracking as it is now).
+pub fn closed_account(view: &ClosedView, tracking_enabled: bool) -> AccountFigures {
+    let closed = &view.cycle;
     let groups = closed
         .groups
         .iter()
         .map(|g| (g.name.clone(), g.settings.budget(), g.used))
         .collect();
-    Some(figures(
+    figures(
         closed.window,
         closed.credits_per_cycle,
         closed.used,
         tracking_enabled,
         groups,
-    ))
+    )
 }
 
 fn figures(

@@ -2,12 +2,16 @@
 
 use postgres::{Client, NoTls};
 
+use std::collections::HashMap;
+
+use super::history::Archived;
 use super::journal::{
-    decode, decode_snapshot, encode, encode_snapshot, nanos, snapshot_parts, Journal, JournalError, MIGRATIONS,
-    SNAPSHOT_PART_BYTES,
+    archive_row, decode, decode_closed_cycle, decode_member_cycle, decode_snapshot, encode, encode_snapshot, nanos,
+    snapshot_parts, Journal, JournalError, HOLD_ID_VERSION, MIGRATIONS, SNAPSHOT_PART_BYTES,
 };
+use super::members::MemberCycle;
 use super::model::JournalEntry;
-use super::state::State;
+use super::state::{ClosedCycle, State};
 
 fn backend(e: postgres::Error) -> JournalError {
     JournalError::Backend(format!("postgres: {e}"))
@@ -27,6 +31,54 @@ fn connect(url: &str) -> Result<Client, JournalError> {
         config.application_name("credit-operator");
     }
     config.connect(NoTls).map_err(backend)
+}
+
+/// `journal.hold_id` for hold events written before the column existed.
+const HOLD_ID_BACKFILL: &str =
+    "UPDATE journal SET hold_id = body::json->>'id' WHERE hold_id IS NULL AND body LIKE '{\"type\":\"Hold%'";
+
+/// Writes history records in a transaction; a stored one is kept.
+fn write_archive(tx: &mut postgres::Transaction, records: &[Archived]) -> Result<(), JournalError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let (mut c_account, mut c_number, mut c_body) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut m_account, mut m_user, mut m_first, mut m_last, mut m_body) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for record in records {
+        let (account, user_id, first, last, body) = archive_row(record)?;
+        match record {
+            Archived::Cycle { .. } => {
+                c_account.push(account);
+                c_number.push(first);
+                c_body.push(body);
+            }
+            Archived::Member { .. } => {
+                m_account.push(account);
+                m_user.push(user_id);
+                m_first.push(first);
+                m_last.push(last);
+                m_body.push(body);
+            }
+        }
+    }
+    if !c_account.is_empty() {
+        tx.execute(
+            "INSERT INTO closed_cycles (account, number, body)
+             SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[]) ON CONFLICT DO NOTHING",
+            &[&c_account, &c_number, &c_body],
+        )
+        .map_err(backend)?;
+    }
+    if !m_account.is_empty() {
+        tx.execute(
+            "INSERT INTO member_cycles (account, user_id, first_cycle, last_cycle, body)
+             SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[]) ON CONFLICT DO NOTHING",
+            &[&m_account, &m_user, &m_first, &m_last, &m_body],
+        )
+        .map_err(backend)?;
+    }
+    Ok(())
 }
 
 /// A journal in a PostgreSQL database.
@@ -51,6 +103,9 @@ impl PostgresJournal {
                 .map_err(backend)?;
             if done.is_none() {
                 tx.batch_execute(sql).map_err(backend)?;
+                if *version == HOLD_ID_VERSION {
+                    tx.batch_execute(HOLD_ID_BACKFILL).map_err(backend)?;
+                }
                 tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[version])
                     .map_err(backend)?;
             }
@@ -113,7 +168,9 @@ impl Journal for PostgresJournal {
         let mut ats = Vec::with_capacity(entries.len());
         let mut bodies = Vec::with_capacity(entries.len());
         let mut answers = Vec::with_capacity(entries.len());
+        let mut holds = Vec::with_capacity(entries.len());
         for entry in entries {
+            holds.push(entry.event.hold_id());
             seqs.push(i64::try_from(entry.seq).map_err(|_| JournalError::Backend("sequence overflow".into()))?);
             accounts.push(entry.account.as_str());
             keys.push(entry.key.as_deref());
@@ -135,12 +192,94 @@ impl Journal for PostgresJournal {
             });
         }
         tx.execute(
-            "INSERT INTO journal (seq, account, idem_key, recorded_at, body, answer)
-             SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[])",
-            &[&seqs, &accounts, &keys, &ats, &bodies, &answers],
+            "INSERT INTO journal (seq, account, idem_key, recorded_at, body, answer, hold_id)
+             SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[], $7::TEXT[])",
+            &[&seqs, &accounts, &keys, &ats, &bodies, &answers, &holds],
         )
         .map_err(backend)?;
+        let archived: Vec<Archived> = entries.iter().flat_map(|e| e.archived.0.iter().cloned()).collect();
+        write_archive(&mut tx, &archived)?;
         tx.commit().map_err(backend)
+    }
+
+    fn archive(&mut self, records: &[Archived]) -> Result<(), JournalError> {
+        let mut tx = self.client.transaction().map_err(backend)?;
+        write_archive(&mut tx, records)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn history_from(&mut self) -> Result<u64, JournalError> {
+        let seq: i64 = self
+            .client
+            .query_one("SELECT seq FROM history_from", &[])
+            .map_err(backend)?
+            .get(0);
+        Ok(seq.max(0) as u64)
+    }
+
+    fn closed_cycle(&mut self, account: &str, number: u64) -> Result<Option<ClosedCycle>, JournalError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT body FROM closed_cycles WHERE account = $1 AND number = $2",
+                &[&account, &(number as i64)],
+            )
+            .map_err(backend)?;
+        row.map(|r| decode_closed_cycle(r.get(0))).transpose()
+    }
+
+    fn member_cycles(
+        &mut self,
+        account: &str,
+        cycle: u64,
+        user_ids: &[&str],
+    ) -> Result<HashMap<String, (u64, MemberCycle)>, JournalError> {
+        // One round trip; one lookup in the primary key per member.
+        let rows = self
+            .client
+            .query(
+                "SELECT u.id, r.first_cycle, r.body FROM UNNEST($2::TEXT[]) AS u(id)
+                 CROSS JOIN LATERAL (
+                     SELECT first_cycle, last_cycle, body FROM member_cycles m
+                     WHERE m.account = $1 AND m.user_id = u.id AND m.first_cycle <= $3
+                     ORDER BY first_cycle DESC LIMIT 1
+                 ) r
+                 WHERE r.last_cycle >= $3",
+                &[&account, &user_ids, &(cycle as i64)],
+            )
+            .map_err(backend)?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let first: i64 = row.get(1);
+            found.insert(
+                row.get::<_, String>(0),
+                (first as u64, decode_member_cycle(row.get(2))?),
+            );
+        }
+        Ok(found)
+    }
+
+    fn find_hold(&mut self, account: &str, id: &str) -> Result<Vec<JournalEntry>, JournalError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT seq, recorded_at, idem_key, body FROM journal WHERE account = $1 AND hold_id = $2 ORDER BY seq",
+                &[&account, &id],
+            )
+            .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let seq: i64 = row.get(0);
+                decode(
+                    seq as u64,
+                    row.get(1),
+                    account.to_string(),
+                    row.get(2),
+                    row.get(3),
+                    None,
+                )
+            })
+            .collect()
     }
 
     fn latest_snapshot(&mut self) -> Result<Option<State>, JournalError> {
@@ -221,7 +360,7 @@ impl Journal for PostgresJournal {
         .map(Some)
     }
 
-    fn save_snapshot(&mut self, state: &State) -> Result<(), JournalError> {
+    fn save_snapshot(&mut self, state: &State) -> Result<u64, JournalError> {
         let body = encode_snapshot(state)?;
         let taken_at = i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX);
         let seq = state.last_seq as i64;
@@ -257,6 +396,7 @@ impl Journal for PostgresJournal {
             .map_err(backend)?;
         tx.execute("DELETE FROM snapshots WHERE seq < $1", &[&seq])
             .map_err(backend)?;
-        tx.commit().map_err(backend)
+        tx.commit().map_err(backend)?;
+        Ok(body.len() as u64)
     }
 }

@@ -9,12 +9,16 @@
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use std::collections::HashMap;
+
+use super::history::Archived;
 use super::journal::{
-    decode, decode_snapshot, encode, encode_snapshot, nanos, snapshot_parts, Journal, JournalError, MIGRATIONS,
-    SNAPSHOT_PART_BYTES,
+    archive_row, decode, decode_closed_cycle, decode_member_cycle, decode_snapshot, encode, encode_snapshot, nanos,
+    snapshot_parts, Journal, JournalError, HOLD_ID_VERSION, MIGRATIONS, SNAPSHOT_PART_BYTES,
 };
+use super::members::MemberCycle;
 use super::model::JournalEntry;
-use super::state::State;
+use super::state::{ClosedCycle, State};
 
 fn backend(e: rusqlite::Error) -> JournalError {
     JournalError::Backend(format!("sqlite: {e}"))
@@ -81,9 +85,9 @@ fn newest_snapshot(conn: &Connection) -> Result<Option<(u64, String)>, JournalEr
 const ROWS_PER_INSERT: usize = 64;
 
 fn insert_sql(rows: usize) -> String {
-    let row = "(?, ?, ?, ?, ?, ?)";
+    let row = "(?, ?, ?, ?, ?, ?, ?)";
     format!(
-        "INSERT INTO journal (seq, account, idem_key, recorded_at, body, answer) VALUES {}",
+        "INSERT INTO journal (seq, account, idem_key, recorded_at, body, answer, hold_id) VALUES {}",
         vec![row; rows].join(", ")
     )
 }
@@ -97,7 +101,54 @@ fn push_row(values: &mut Vec<rusqlite::types::Value>, entry: &JournalEntry) -> R
     values.push(Value::Integer(nanos(entry)?));
     values.push(Value::Text(encode(entry)?));
     values.push(entry.answer.clone().map_or(Value::Null, Value::Text));
+    values.push(
+        entry
+            .event
+            .hold_id()
+            .map_or(Value::Null, |id| Value::Text(id.to_string())),
+    );
     Ok(())
+}
+
+/// `journal.hold_id` for hold events written before the column existed.
+const HOLD_ID_BACKFILL: &str =
+    "UPDATE journal SET hold_id = json_extract(body, '$.id') WHERE hold_id IS NULL AND body LIKE '{\"type\":\"Hold%'";
+
+/// Writes history records in a transaction; a stored one is kept.
+fn write_archive(tx: &rusqlite::Transaction, records: &[Archived]) -> Result<(), JournalError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut cycle = tx
+        .prepare_cached("INSERT OR IGNORE INTO closed_cycles (account, number, body) VALUES (?1, ?2, ?3)")
+        .map_err(backend)?;
+    let mut member = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO member_cycles (account, user_id, first_cycle, last_cycle, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(backend)?;
+    for record in records {
+        let (account, user_id, first, last, body) = archive_row(record)?;
+        match record {
+            Archived::Cycle { .. } => cycle.execute(params![account, first, body]),
+            Archived::Member { .. } => member.execute(params![account, user_id, first, last, body]),
+        }
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn entry_from_row(account: &str, row: &rusqlite::Row) -> Result<JournalEntry, JournalError> {
+    let seq: i64 = row.get(0).map_err(backend)?;
+    let body: String = row.get(3).map_err(backend)?;
+    decode(
+        seq as u64,
+        row.get(1).map_err(backend)?,
+        account.to_string(),
+        row.get(2).map_err(backend)?,
+        &body,
+        None,
+    )
 }
 
 /// A journal in one SQLite file.
@@ -160,6 +211,9 @@ impl SqliteJournal {
                 .map_err(backend)?;
             if done.is_none() {
                 tx.execute_batch(sql).map_err(backend)?;
+                if *version == HOLD_ID_VERSION {
+                    tx.execute_batch(HOLD_ID_BACKFILL).map_err(backend)?;
+                }
                 tx.execute("INSERT INTO schema_migrations (version) VALUES (?1)", [version])
                     .map_err(backend)?;
             }
@@ -219,12 +273,91 @@ impl Journal for SqliteJournal {
                         entry.key,
                         nanos(entry)?,
                         encode(entry)?,
-                        entry.answer
+                        entry.answer,
+                        entry.event.hold_id()
                     ])
                     .map_err(backend)?;
             }
         }
+        for entry in entries.iter().filter(|e| !e.archived.is_empty()) {
+            write_archive(&tx, &entry.archived.0)?;
+        }
         tx.commit().map_err(backend)
+    }
+
+    fn archive(&mut self, records: &[Archived]) -> Result<(), JournalError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        write_archive(&tx, records)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn history_from(&mut self) -> Result<u64, JournalError> {
+        let seq: i64 = self
+            .conn
+            .query_row("SELECT seq FROM history_from", [], |r| r.get(0))
+            .map_err(backend)?;
+        Ok(seq.max(0) as u64)
+    }
+
+    fn closed_cycle(&mut self, account: &str, number: u64) -> Result<Option<ClosedCycle>, JournalError> {
+        let body: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT body FROM closed_cycles WHERE account = ?1 AND number = ?2",
+                params![account, number as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        body.map(|b| decode_closed_cycle(&b)).transpose()
+    }
+
+    fn member_cycles(
+        &mut self,
+        account: &str,
+        cycle: u64,
+        user_ids: &[&str],
+    ) -> Result<HashMap<String, (u64, MemberCycle)>, JournalError> {
+        // One lookup in the primary key per member: no scan, whatever the
+        // number of cycles an account has lived.
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT first_cycle, last_cycle, body FROM member_cycles
+                 WHERE account = ?1 AND user_id = ?2 AND first_cycle <= ?3 ORDER BY first_cycle DESC LIMIT 1",
+            )
+            .map_err(backend)?;
+        let mut found = HashMap::new();
+        for user_id in user_ids {
+            let row: Option<(i64, i64, String)> = stmt
+                .query_row(params![account, user_id, cycle as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()
+                .map_err(backend)?;
+            if let Some((first, _, body)) = row.filter(|(_, last, _)| *last >= cycle as i64) {
+                found.insert(user_id.to_string(), (first as u64, decode_member_cycle(&body)?));
+            }
+        }
+        Ok(found)
+    }
+
+    fn find_hold(&mut self, account: &str, id: &str) -> Result<Vec<JournalEntry>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, recorded_at, idem_key, body FROM journal WHERE account = ?1 AND hold_id = ?2 ORDER BY seq",
+            )
+            .map_err(backend)?;
+        let mut rows = stmt.query(params![account, id]).map_err(backend)?;
+        let mut entries = Vec::new();
+        while let Some(row) = rows.next().map_err(backend)? {
+            entries.push(entry_from_row(account, row)?);
+        }
+        Ok(entries)
     }
 
     fn latest_snapshot(&mut self) -> Result<Option<State>, JournalError> {
@@ -300,7 +433,7 @@ impl Journal for SqliteJournal {
         .map(Some)
     }
 
-    fn save_snapshot(&mut self, state: &State) -> Result<(), JournalError> {
+    fn save_snapshot(&mut self, state: &State) -> Result<u64, JournalError> {
         let body = encode_snapshot(state)?;
         let taken_at = i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX);
         let seq = state.last_seq as i64;
@@ -340,6 +473,6 @@ impl Journal for SqliteJournal {
         if legacy {
             self.conn.execute("DELETE FROM snapshots", []).map_err(backend)?;
         }
-        Ok(())
+        Ok(body.len() as u64)
     }
 }

@@ -1,35 +1,44 @@
 //! The single writer: commands in order, events group-committed.
 //!
-//! One thread owns the journal. It takes every queued command (up to
-//! [`MAX_BATCH`]), applies each to the in-memory state, writes all their
-//! events in one transaction, and only then answers the callers. While a
-//! batch commits, the next one queues up, so the batch size follows the
-//! load: one commit per batch, not per event.
+//! Two threads share the work of one writer. The *writer* thread takes
+//! every queued command (up to [`MAX_BATCH`]), applies each to the
+//! in-memory state and hands the batch's events to the *commit* thread,
+//! which writes them in one transaction and only then answers the
+//! callers. While one batch commits the writer applies the next, so
+//! applying and committing overlap (two cores both work), and the batch
+//! size follows the load: one commit per batch, not per event. At most
+//! two batches are in flight.
 //!
 //! Reads (figures, authorize) take the state's read lock and never touch
 //! the database. A batch that can give credit is applied and committed
 //! under the write lock, so no read shows credit that is not durable; a
 //! batch that only debits (usage, the hot path) is published once
 //! applied, so reads never wait on ingest and may show a debit one commit
-//! early. If a commit fails, the state is marked stale before any read
-//! can see past it (reads answer a storage error), every caller of the
-//! batch gets an error, and the writer connects again under the same
-//! epoch (at once, then with backoff from 50 ms to 5 s, answering storage
-//! errors meanwhile) and reloads the state from the journal. A newer
-//! epoch found there fences this writer for good.
+//! early. If a commit fails, the commit thread marks the state stale
+//! before anyone hears of it (reads answer a storage error), every caller
+//! of that batch and of any batch applied after it gets an error, and the
+//! writer connects again under the same epoch (at once, then with backoff
+//! from 50 ms to 5 s, answering storage errors meanwhile) and reloads the
+//! state from the journal. A newer epoch found there fences this writer
+//! for good.
+//!
+//! What memory let go of (an old idempotency key, a closed hold, a closed
+//! cycle) is read on connections of their own, never the commit thread's.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use super::error::LedgerError;
+use super::history::{self, ClosedView};
 use super::journal::{self, Journal, JournalError};
 use super::model::{AccountId, Charge, Command, JournalEntry, Outcome};
 use super::numbers::{self, Authorization};
-use super::state::State;
+use super::state::{Hold, Recall, Recalled, Stale, State};
 use crate::clock::Clock;
 
 /// Most commands in one commit.
@@ -44,10 +53,17 @@ pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1_000_000;
 /// doubles with every failed try, up to [`RECONNECT_MAX`].
 const RECONNECT_FIRST: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// How often the writer looks for a failed commit while batches are in
+/// flight and no command comes.
+const FAILURE_POLL: Duration = Duration::from_millis(1);
+/// Longest a read of a closed cycle waits for the commits in flight.
+const DURABLE_WAIT: Duration = Duration::from_secs(10);
+
+type Reply = oneshot::Sender<Result<Outcome, LedgerError>>;
 
 struct Job {
     command: Command,
-    reply: oneshot::Sender<Result<Outcome, LedgerError>>,
+    reply: Reply,
 }
 
 /// What the writer thread receives.
@@ -57,11 +73,34 @@ enum Message {
     Snapshot(oneshot::Sender<Result<SnapshotTiming, LedgerError>>),
 }
 
-/// How long a snapshot held up the writer, and how long it took in all.
+/// What the commit thread receives.
+enum ToCommit {
+    Batch {
+        entries: Vec<JournalEntry>,
+        replies: Vec<(Reply, Result<Outcome, LedgerError>)>,
+        /// Answered once the batch is durable (true) or failed, for a
+        /// writer that holds the state's write lock until then.
+        done: Option<std::sync::mpsc::SyncSender<bool>>,
+    },
+    /// Answered once every batch sent before it is settled.
+    Barrier(std::sync::mpsc::SyncSender<()>),
+}
+
+/// A failed commit and the callers waiting to hear of it: they are
+/// answered once the writer has reloaded the state (or been fenced), so
+/// no caller told of a failure can read its figures afterwards.
+struct Failure {
+    error: JournalError,
+    parked: Vec<Reply>,
+}
+
+/// How long a snapshot held up the writer, how long it took in all, and
+/// how large it was.
 #[derive(Debug, Clone, Copy)]
 pub struct SnapshotTiming {
-    pub stall: std::time::Duration,
-    pub total: std::time::Duration,
+    pub stall: Duration,
+    pub total: Duration,
+    pub bytes: u64,
 }
 
 /// Figures about commits, for metrics.
@@ -76,6 +115,9 @@ pub struct CommitStats {
 
 struct Shared {
     state: RwLock<State>,
+    /// The mark every state the writer installs shares: set by the commit
+    /// thread the moment a commit fails.
+    stale: Stale,
     stats: RwLock<CommitStats>,
     fenced: RwLock<Option<i64>>,
     /// Why the journal cannot be written right now (a lost connection the
@@ -86,6 +128,33 @@ struct Shared {
     changes: tokio::sync::watch::Sender<u64>,
     /// Per account, the count of the last batch that touched it.
     versions: RwLock<std::collections::HashMap<AccountId, u64>>,
+    /// The last sequence number known durable.
+    durable: AtomicU64,
+    /// The journal the commit thread writes; the writer takes it between
+    /// batches to reconnect and reload.
+    journal: Mutex<Box<dyn Journal>>,
+    /// A connection for reading closed cycles.
+    history: Mutex<Box<dyn Journal>>,
+    /// The first failed commit not yet dealt with by the writer.
+    failure: Mutex<Option<Failure>>,
+    /// Batches the commit thread has settled.
+    settled: AtomicU64,
+}
+
+impl Shared {
+    fn journal(&self) -> MutexGuard<'_, Box<dyn Journal>> {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Puts a state reloaded from the journal in place; it shares the
+    /// stale mark, cleared.
+    fn install(&self, mut state: State) {
+        state.stale = self.stale.clone();
+        let last = state.last_seq;
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = state;
+        self.stale.clear();
+        self.durable.store(last, Ordering::SeqCst);
+    }
 }
 
 /// A handle to the ledger; clones share one writer.
@@ -97,10 +166,10 @@ pub struct Ledger {
     writer: Arc<WriterThread>,
 }
 
-struct WriterThread(std::sync::Mutex<Option<JoinHandle<()>>>);
+struct WriterThread(Mutex<Option<JoinHandle<()>>>);
 
 /// Called after each commit with the batch size and how long it took.
-pub type CommitObserver = Arc<dyn Fn(usize, std::time::Duration) + Send + Sync>;
+pub type CommitObserver = Arc<dyn Fn(usize, Duration) + Send + Sync>;
 
 /// Options for opening a ledger.
 #[derive(Clone)]
@@ -130,34 +199,47 @@ impl Ledger {
         Ledger::start(journal, clock, options)
     }
 
-    /// Recovers from `journal` and starts the writer thread on it.
+    /// Recovers from `journal` and starts the writer and commit threads.
     pub fn start(
         mut journal: Box<dyn Journal>,
         clock: Arc<dyn Clock>,
         options: LedgerOptions,
     ) -> Result<Ledger, LedgerError> {
-        let state = journal::recover(journal.as_mut())?;
+        let mut state = journal::recover(journal.as_mut())?;
+        let stale = Stale::default();
+        state.stale = stale.clone();
+        let recall_reader = journal.attach()?;
+        let history = journal.attach()?;
         let shared = Arc::new(Shared {
+            durable: AtomicU64::new(state.last_seq),
             state: RwLock::new(state),
+            stale,
             stats: RwLock::new(CommitStats::default()),
             fenced: RwLock::new(None),
             outage: RwLock::new(None),
             backend: journal.backend(),
             changes: tokio::sync::watch::Sender::new(0),
             versions: RwLock::new(Default::default()),
+            journal: Mutex::new(journal),
+            history: Mutex::new(history),
+            failure: Mutex::new(None),
+            settled: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::sync_channel::<Message>(QUEUE_DEPTH);
         let writer_shared = shared.clone();
         let writer_clock = clock.clone();
         let handle = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || run_writer(journal, writer_shared, writer_clock, rx, options))
+            .spawn(move || {
+                let mut writer = Writer::new(writer_shared, writer_clock, recall_reader, options);
+                writer.run(rx);
+            })
             .map_err(|e| LedgerError::Storage(format!("cannot start the writer thread: {e}")))?;
         Ok(Ledger {
             shared,
             tx,
             clock,
-            writer: Arc::new(WriterThread(std::sync::Mutex::new(Some(handle)))),
+            writer: Arc::new(WriterThread(Mutex::new(Some(handle)))),
         })
     }
 
@@ -251,8 +333,62 @@ impl Ledger {
         numbers::authorize(acct, member, credits)
     }
 
-    /// Stores a snapshot now and answers how long the writer paused and
-    /// how long the whole snapshot took.
+    /// A closed cycle of an account, as it ended (`None` for the current
+    /// cycle or one the account never had): account and group figures
+    /// from its record, each member from memory when untouched since,
+    /// else from its record. Reads the database on a connection of its
+    /// own, after the commits in flight.
+    pub fn closed_blocking(&self, account: &str, cycle: u64) -> Result<Option<ClosedView>, LedgerError> {
+        let (seq, plan) = {
+            let state = self.read();
+            let acct = state.active_account(account)?;
+            if cycle == 0 || cycle >= acct.cycle.number {
+                return Ok(None);
+            }
+            (state.last_seq, history::plan(acct, cycle))
+        };
+        // Records of members touched in a batch still committing are not
+        // readable yet: wait for what memory showed to be durable.
+        let deadline = Instant::now() + DURABLE_WAIT;
+        while self.shared.durable.load(Ordering::SeqCst) < seq && self.read().last_seq >= seq {
+            if Instant::now() > deadline {
+                return Err(LedgerError::Storage(
+                    "the commits in flight did not finish in time to read a closed cycle".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut reader = self.shared.history.lock().unwrap_or_else(|p| p.into_inner());
+        let read = |reader: &mut Box<dyn Journal>| -> Result<_, JournalError> {
+            let Some(closed) = reader.closed_cycle(account, cycle)? else {
+                return Ok(None);
+            };
+            let found = reader.member_cycles(account, cycle, &plan.lookups())?;
+            Ok(Some((closed, found)))
+        };
+        let read = match read(&mut reader) {
+            Ok(r) => r,
+            // A dropped connection: once more on a fresh one.
+            Err(JournalError::Backend(_)) => {
+                *reader = reader.attach()?;
+                read(&mut reader)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(read.map(|(closed, found)| plan.assemble(closed, found)))
+    }
+
+    /// [`Ledger::closed_blocking`] off the async runtime's threads.
+    pub async fn closed(&self, account: &str, cycle: u64) -> Result<Option<ClosedView>, LedgerError> {
+        let ledger = self.clone();
+        let account = account.to_string();
+        tokio::task::spawn_blocking(move || ledger.closed_blocking(&account, cycle))
+            .await
+            .map_err(|e| LedgerError::Storage(format!("reading a closed cycle: {e}")))?
+    }
+
+    /// Stores a snapshot now and answers how long the writer paused, how
+    /// long the whole snapshot took and its size.
     pub fn snapshot_blocking(&self) -> Result<SnapshotTiming, LedgerError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -265,7 +401,6 @@ impl Ledger {
         *self.shared.stats.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The epoch that fenced this writer off, if one did.
     /// Wakes whenever a batch changed the ledger (its value counts them).
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.changes.subscribe()
@@ -282,6 +417,7 @@ impl Ledger {
             .unwrap_or(0)
     }
 
+    /// The epoch that fenced this writer off, if one did.
     pub fn fenced(&self) -> Option<i64> {
         *self.shared.fenced.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -304,223 +440,447 @@ impl Ledger {
     }
 }
 
-fn run_writer(
-    mut journal: Box<dyn Journal>,
+/// The writer thread's own state.
+struct Writer {
     shared: Arc<Shared>,
     clock: Arc<dyn Clock>,
-    rx: Receiver<Message>,
     options: LedgerOptions,
-) {
-    let mut since_snapshot = 0u64;
-    let mut snapshotter: Option<JoinHandle<Result<std::time::Duration, JournalError>>> = None;
-    let mut entries: Vec<JournalEntry> = Vec::new();
-    let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    let mut results = Vec::with_capacity(MAX_BATCH);
-    let mut outage: Option<Outage> = None;
-    loop {
-        // While the journal is out of reach, wake up to try it again even
-        // when no command comes.
-        let first = match &outage {
-            None => match rx.recv() {
-                Ok(m) => Some(m),
-                Err(_) => break,
-            },
-            Some(o) => match rx.recv_timeout(o.next_try.saturating_duration_since(Instant::now())) {
-                Ok(m) => Some(m),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            },
-        };
-        if outage.as_ref().is_some_and(|o| Instant::now() >= o.next_try) {
-            outage = heal(journal.as_mut(), &shared, outage.take());
+    /// A connection for reading back what memory let go of.
+    reader: Box<dyn Journal>,
+    to_commit: Option<SyncSender<ToCommit>>,
+    committer: Option<JoinHandle<()>>,
+    /// Batches handed to the commit thread.
+    sent: u64,
+    /// Commands taken from the queue that wait for the next batch.
+    carried: std::collections::VecDeque<Job>,
+    outage: Option<Outage>,
+    since_snapshot: u64,
+    snapshotter: Option<JoinHandle<Result<(Duration, u64), JournalError>>>,
+}
+
+impl Writer {
+    fn new(shared: Arc<Shared>, clock: Arc<dyn Clock>, reader: Box<dyn Journal>, options: LedgerOptions) -> Writer {
+        let (to_commit, from_writer) = mpsc::sync_channel::<ToCommit>(1);
+        let commit_shared = shared.clone();
+        let observer = options.on_commit.clone();
+        let committer = std::thread::Builder::new()
+            .name("ledger-commit".into())
+            .spawn(move || commit_loop(commit_shared, observer, from_writer))
+            .ok();
+        Writer {
+            shared,
+            clock,
+            options,
+            reader,
+            to_commit: Some(to_commit),
+            committer,
+            sent: 0,
+            carried: Default::default(),
+            outage: None,
+            since_snapshot: 0,
+            snapshotter: None,
         }
-        let Some(first) = first else { continue };
-        let mut snapshot_request = None;
-        match first {
-            Message::Command(job) => jobs.push(job),
-            Message::Snapshot(reply) => snapshot_request = Some(reply),
+    }
+
+    fn in_flight(&self) -> u64 {
+        self.sent - self.shared.settled.load(Ordering::SeqCst)
+    }
+
+    /// Waits until every batch sent is settled.
+    fn barrier(&mut self) {
+        if self.in_flight() == 0 {
+            return;
         }
-        while jobs.len() < MAX_BATCH && snapshot_request.is_none() {
-            match rx.try_recv() {
-                Ok(Message::Command(job)) => jobs.push(job),
-                Ok(Message::Snapshot(reply)) => snapshot_request = Some(reply),
-                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+        let (tx, rx) = mpsc::sync_channel(1);
+        if let Some(to_commit) = &self.to_commit {
+            if to_commit.send(ToCommit::Barrier(tx)).is_ok() {
+                let _ = rx.recv();
             }
         }
-        let refusal = match (*shared.fenced.read().unwrap_or_else(|p| p.into_inner()), &outage) {
-            (Some(epoch), _) => Some(LedgerError::Fenced(epoch)),
-            (None, Some(o)) => Some(o.refusal()),
-            (None, None) => None,
-        };
-        if let Some(error) = refusal {
-            for job in jobs.drain(..) {
-                let _ = job.reply.send(Err(error.clone()));
+    }
+
+    fn run(&mut self, rx: Receiver<Message>) {
+        let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+        loop {
+            self.deal_with_failure();
+            // While the journal is out of reach or batches are in flight,
+            // wake up even when no command comes.
+            let first = if let Some(job) = self.carried.pop_front() {
+                Some(Message::Command(job))
+            } else {
+                let wait = match &self.outage {
+                    Some(o) => Some(o.next_try.saturating_duration_since(Instant::now())),
+                    None if self.in_flight() > 0 => Some(FAILURE_POLL),
+                    None => None,
+                };
+                match wait {
+                    None => match rx.recv() {
+                        Ok(m) => Some(m),
+                        Err(_) => break,
+                    },
+                    Some(wait) => match rx.recv_timeout(wait) {
+                        Ok(m) => Some(m),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    },
+                }
+            };
+            if self.outage.as_ref().is_some_and(|o| Instant::now() >= o.next_try) {
+                let outage = self.outage.take();
+                self.outage = heal(&self.shared, outage);
             }
-            if let Some(reply) = snapshot_request {
-                let _ = reply.send(Err(error));
+            let Some(first) = first else { continue };
+            let mut snapshot_request = None;
+            match first {
+                Message::Command(job) => jobs.push(job),
+                Message::Snapshot(reply) => snapshot_request = Some(reply),
             }
-            continue;
+            while jobs.len() < MAX_BATCH && snapshot_request.is_none() {
+                if let Some(job) = self.carried.pop_front() {
+                    jobs.push(job);
+                    continue;
+                }
+                match rx.try_recv() {
+                    Ok(Message::Command(job)) => jobs.push(job),
+                    Ok(Message::Snapshot(reply)) => snapshot_request = Some(reply),
+                    Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+                }
+            }
+            let refusal = match (
+                *self.shared.fenced.read().unwrap_or_else(|p| p.into_inner()),
+                &self.outage,
+            ) {
+                (Some(epoch), _) => Some(LedgerError::Fenced(epoch)),
+                (None, Some(o)) => Some(o.refusal()),
+                (None, None) => None,
+            };
+            if let Some(error) = refusal {
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+                if let Some(reply) = snapshot_request {
+                    let _ = reply.send(Err(error));
+                }
+                continue;
+            }
+            if !jobs.is_empty() {
+                self.batch(&mut jobs);
+            }
+            if self.snapshotter.as_ref().is_some_and(|h| h.is_finished()) {
+                finish_snapshot(self.snapshotter.take());
+            }
+            let due = self.since_snapshot >= self.options.snapshot_every && self.snapshotter.is_none();
+            if due || snapshot_request.is_some() {
+                self.snapshot(snapshot_request);
+            }
         }
+        // Shutting down: what is in flight commits, then the commit thread
+        // ends.
+        self.barrier();
+        self.to_commit.take();
+        if let Some(committer) = self.committer.take() {
+            let _ = committer.join();
+        }
+        finish_snapshot(self.snapshotter.take());
+    }
+
+    /// Applies a batch and hands it to the commit thread.
+    fn batch(&mut self, jobs: &mut Vec<Job>) {
+        let mut entries: Vec<JournalEntry> = Vec::new();
+        let mut replies = Vec::with_capacity(jobs.len());
+        let shared = self.shared.clone();
+        let mut state = shared.state.write().unwrap_or_else(|p| p.into_inner());
+        let mut rest = jobs.drain(..);
+        while let Some(mut job) = rest.next() {
+            let command = std::mem::replace(&mut job.command, Command::Tick { account: None });
+            let recalled = match self.recall(&state, &command, entries.is_empty()) {
+                Ok(Some(recalled)) => recalled,
+                // A closed hold must be read back after everything before
+                // it is durable: this command and the rest wait for the
+                // next batch.
+                Ok(None) => {
+                    job.command = command;
+                    self.carried.push_front(job);
+                    let tail: Vec<Job> = rest.by_ref().collect();
+                    for (i, job) in tail.into_iter().enumerate() {
+                        self.carried.insert(i + 1, job);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    replies.push((job.reply, Err(e)));
+                    continue;
+                }
+            };
+            let result = state.handle_recalled(command, self.clock.now(), &mut entries, recalled);
+            replies.push((job.reply, result));
+        }
+        drop(rest);
+        if entries.is_empty() {
+            drop(state);
+            for (reply, result) in replies {
+                let _ = reply.send(result);
+            }
+            return;
+        }
+        self.since_snapshot += entries.len() as u64;
         // A batch that can give credit (a grant, a new setting, a reset, a
         // released hold) is committed under the write lock: no read shows
         // credit before it is durable; such a read waits at most one
         // commit. A batch that only debits (usage, holds opened, requests
         // submitted: the hot path) is published as soon as it is applied,
         // so reads never wait on ingest; they may show a debit a commit
-        // early, which errs on the side of refusing. Either way a failed
-        // commit marks the state stale before the writer lets go of it
-        // again, and reads answer a storage error until it is reloaded.
-        let mut state = shared.state.write().unwrap_or_else(|p| p.into_inner());
-        for job in &mut jobs {
-            let command = std::mem::replace(&mut job.command, Command::Tick { account: None });
-            results.push(match recall(&state, &command, journal.as_mut()) {
-                Ok(recalled) => state.handle_recalled(command, clock.now(), &mut entries, recalled),
-                Err(e) => Err(e),
-            });
-        }
-        let mut held = Some(state).filter(|_| !entries.iter().all(|e| e.event.only_debits()));
-        let committed = if entries.is_empty() {
-            Ok(())
-        } else {
-            let started = Instant::now();
-            let r = journal.append(&entries);
-            let took = started.elapsed();
-            let micros = took.as_micros() as u64;
-            if let (Ok(()), Some(observe)) = (&r, &options.on_commit) {
-                observe(entries.len(), took);
-            }
-            let mut stats = shared.stats.write().unwrap_or_else(|p| p.into_inner());
-            stats.batches += 1;
-            stats.entries += entries.len() as u64;
-            stats.last_batch_size = entries.len() as u64;
-            stats.last_commit_micros = micros;
-            stats.total_commit_micros += micros;
-            r
+        // early, which errs on the side of refusing.
+        let gives_credit = !entries.iter().all(|e| e.event.only_debits());
+        let Some(to_commit) = self.to_commit.clone() else {
+            return;
         };
-        if let Err(e) = &committed {
-            let mut state = held
-                .take()
-                .unwrap_or_else(|| shared.state.write().unwrap_or_else(|p| p.into_inner()));
-            state.stale = Some(e.to_string());
-        }
-        drop(held);
-        match committed {
-            Ok(()) => {
-                since_snapshot += entries.len() as u64;
-                for (job, result) in jobs.drain(..).zip(results.drain(..)) {
-                    let _ = job.reply.send(result);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, batch = entries.len(), "journal commit failed; reloading state from the journal");
-                let error: LedgerError = match &e {
-                    JournalError::Fenced { stored, .. } => {
-                        fence(journal.as_mut(), &shared, *stored);
-                        LedgerError::Fenced(*stored)
-                    }
-                    other => {
-                        // The connection may be gone: connect again (same
-                        // epoch) and rebuild the state from what is durable,
-                        // now, and with backoff while that fails.
-                        outage = heal(journal.as_mut(), &shared, Some(Outage::new(other.to_string())));
-                        LedgerError::Storage(other.to_string())
-                    }
-                };
-                results.clear();
-                for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(error.clone()));
-                }
-            }
-        }
-        if !entries.is_empty() {
-            // Committed or rolled back, the figures moved: tell the readers.
-            let n = *shared.changes.borrow() + 1;
-            {
-                let mut versions = shared.versions.write().unwrap_or_else(|p| p.into_inner());
-                let mut last: Option<&str> = None;
-                for e in &entries {
-                    if last == Some(e.account.as_str()) {
-                        continue;
-                    }
-                    last = Some(e.account.as_str());
-                    match versions.get_mut(&e.account) {
-                        Some(v) => *v = n,
-                        None => {
-                            versions.insert(e.account.clone(), n);
-                        }
-                    }
-                }
-            }
-            shared.changes.send_replace(n);
-        }
-        entries.clear();
-        if snapshotter.as_ref().is_some_and(|h| h.is_finished()) {
-            finish_snapshot(snapshotter.take());
-        }
-        let due = since_snapshot >= options.snapshot_every && snapshotter.is_none();
-        if due || snapshot_request.is_some() {
-            finish_snapshot(snapshotter.take());
-            since_snapshot = 0;
-            // The writer only pauses to copy the state; encoding and
-            // storing it happen on another thread and connection.
-            let started = Instant::now();
-            let copy = shared.state.read().unwrap_or_else(|p| p.into_inner()).clone();
-            let stall = started.elapsed();
-            let handle = journal.attach().map(|mut attached| {
-                std::thread::spawn(move || attached.save_snapshot(&copy).map(|()| started.elapsed()))
+        if gives_credit {
+            let (done, settled) = mpsc::sync_channel(1);
+            self.sent += 1;
+            let sent = to_commit.send(ToCommit::Batch {
+                entries,
+                replies,
+                done: Some(done),
             });
-            match (handle, snapshot_request) {
-                (Ok(handle), None) => snapshotter = Some(handle),
-                (Ok(handle), Some(reply)) => {
-                    let result = handle
-                        .join()
-                        .unwrap_or_else(|_| Err(JournalError::Backend("snapshot thread panicked".into())));
-                    let _ = reply.send(
-                        result
-                            .map(|total| SnapshotTiming { stall, total })
-                            .map_err(LedgerError::from),
-                    );
+            if sent.is_ok() {
+                let _ = settled.recv();
+            }
+            drop(state);
+        } else {
+            drop(state);
+            self.sent += 1;
+            let _ = to_commit.send(ToCommit::Batch {
+                entries,
+                replies,
+                done: None,
+            });
+        }
+    }
+
+    /// Reads back what `command` needs of what memory let go of. `Ok(None)`
+    /// when it needs a closed hold while entries of this batch are not yet
+    /// durable (`batch_empty` false): the command waits for the next batch.
+    fn recall(&mut self, state: &State, command: &Command, batch_empty: bool) -> Result<Option<Recalled>, LedgerError> {
+        let mut recalled = Recalled::default();
+        loop {
+            match state.recall_needed(command, &recalled) {
+                None => return Ok(Some(recalled)),
+                // A key that left memory is older than anything in flight
+                // (the window holds many batches).
+                Some(Recall::Key { account, key }) => {
+                    let entry = self.read_back(|r| r.find_key(account, key))?;
+                    recalled.key = Some(match entry {
+                        None => None,
+                        // The key is taken: never run the command as new.
+                        Some(entry) => Some(
+                            state
+                                .accounts
+                                .get(account)
+                                .and_then(|a| a.recall(&entry))
+                                .ok_or_else(|| LedgerError::IdempotencyConflict(key.to_string()))?,
+                        ),
+                    });
                 }
-                (Err(e), reply) => {
-                    tracing::warn!(error = %e, "cannot start a snapshot; the journal alone still recovers");
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(e.into()));
+                Some(Recall::Hold { account, id }) => {
+                    if !batch_empty {
+                        return Ok(None);
                     }
+                    self.barrier();
+                    let entries = self.read_back(|r| r.find_hold(account, &id))?;
+                    recalled.hold = Some(Hold::recall(&entries));
                 }
             }
         }
     }
-    finish_snapshot(snapshotter.take());
+
+    /// A read on the writer's reading connection, once more on a fresh one
+    /// when it failed (a dropped connection).
+    fn read_back<T>(
+        &mut self,
+        mut read: impl FnMut(&mut dyn Journal) -> Result<T, JournalError>,
+    ) -> Result<T, LedgerError> {
+        match read(self.reader.as_mut()) {
+            Ok(v) => Ok(v),
+            Err(_) => {
+                self.reader = self.reader.attach()?;
+                read(self.reader.as_mut()).map_err(LedgerError::from)
+            }
+        }
+    }
+
+    /// After a failed commit: every batch in flight is answered (as
+    /// failed), then the writer reconnects and reloads, or stops for good
+    /// when fenced.
+    fn deal_with_failure(&mut self) {
+        let failed = self.shared.failure.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        if !failed {
+            return;
+        }
+        self.barrier();
+        let Some(Failure { error, parked }) = self.shared.failure.lock().unwrap_or_else(|p| p.into_inner()).take()
+        else {
+            return;
+        };
+        tracing::error!(error = %error, batch = parked.len(), "journal commit failed; reloading state from the journal");
+        let refusal = refusal_of(&error);
+        match error {
+            JournalError::Fenced { stored, .. } => fence(&self.shared, stored),
+            other => self.outage = heal(&self.shared, Some(Outage::new(other.to_string()))),
+        }
+        // Commands carried over were applied to nothing yet: they wait.
+        for reply in parked {
+            let _ = reply.send(Err(refusal.clone()));
+        }
+    }
+
+    /// Stores a snapshot of what is durable: the writer waits for the
+    /// batches in flight and copies the state; encoding and storing happen
+    /// on another thread and connection.
+    fn snapshot(&mut self, request: Option<oneshot::Sender<Result<SnapshotTiming, LedgerError>>>) {
+        finish_snapshot(self.snapshotter.take());
+        self.since_snapshot = 0;
+        let started = Instant::now();
+        self.barrier();
+        self.deal_with_failure();
+        let copy = self.shared.state.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let stall = started.elapsed();
+        if copy.stale.is_set() {
+            if let Some(reply) = request {
+                let _ = reply.send(Err(LedgerError::Storage("the state is being reloaded".into())));
+            }
+            return;
+        }
+        let attached = self.shared.journal().attach();
+        let handle = attached.map(|mut attached| {
+            std::thread::spawn(move || attached.save_snapshot(&copy).map(|bytes| (started.elapsed(), bytes)))
+        });
+        match (handle, request) {
+            (Ok(handle), None) => self.snapshotter = Some(handle),
+            (Ok(handle), Some(reply)) => {
+                let result = handle
+                    .join()
+                    .unwrap_or_else(|_| Err(JournalError::Backend("snapshot thread panicked".into())));
+                let _ = reply.send(
+                    result
+                        .map(|(total, bytes)| SnapshotTiming { stall, total, bytes })
+                        .map_err(LedgerError::from),
+                );
+            }
+            (Err(e), reply) => {
+                tracing::warn!(error = %e, "cannot start a snapshot; the journal alone still recovers");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(e.into()));
+                }
+            }
+        }
+    }
 }
 
-/// The record of a command's key that left memory, from the journal's
-/// unique index (`None` for a new key: the filters knew it by chance). A
-/// read that fails refuses the command rather than take a retry for new.
-fn recall(
-    state: &State,
-    command: &Command,
-    journal: &mut dyn Journal,
-) -> Result<Option<super::state::KeyRecord>, LedgerError> {
-    let Some((account, key)) = state.needs_recall(command) else {
-        return Ok(None);
-    };
-    match journal.find_key(account, key).map_err(LedgerError::from)? {
-        None => Ok(None),
-        // The key is taken: never run the command as new.
-        Some(entry) => state
-            .accounts
-            .get(account)
-            .and_then(|a| a.recall(&entry))
-            .map(Some)
-            .ok_or_else(|| LedgerError::IdempotencyConflict(key.to_string())),
+/// The commit thread: writes each batch, then answers its callers. After
+/// a failed commit every later batch is answered with the same failure
+/// without being written (it was applied on top of the failed one) until
+/// the writer has reloaded.
+fn commit_loop(shared: Arc<Shared>, observer: Option<CommitObserver>, rx: Receiver<ToCommit>) {
+    for message in rx {
+        let (entries, replies, done) = match message {
+            ToCommit::Barrier(reply) => {
+                let _ = reply.send(());
+                continue;
+            }
+            ToCommit::Batch { entries, replies, done } => (entries, replies, done),
+        };
+        let mut failure = shared.failure.lock().unwrap_or_else(|p| p.into_inner());
+        let ok = if let Some(failed) = failure.as_mut() {
+            // Applied on top of a batch that failed: never written.
+            failed.parked.extend(replies.into_iter().map(|(reply, _)| reply));
+            false
+        } else {
+            drop(failure);
+            let started = Instant::now();
+            let r = shared.journal().append(&entries);
+            let took = started.elapsed();
+            if let (Ok(()), Some(observe)) = (&r, &observer) {
+                observe(entries.len(), took);
+            }
+            {
+                let micros = took.as_micros() as u64;
+                let mut stats = shared.stats.write().unwrap_or_else(|p| p.into_inner());
+                stats.batches += 1;
+                stats.entries += entries.len() as u64;
+                stats.last_batch_size = entries.len() as u64;
+                stats.last_commit_micros = micros;
+                stats.total_commit_micros += micros;
+            }
+            failure = shared.failure.lock().unwrap_or_else(|p| p.into_inner());
+            match r {
+                Ok(()) => {
+                    if let Some(last) = entries.last() {
+                        shared.durable.store(last.seq, Ordering::SeqCst);
+                    }
+                    for (reply, result) in replies {
+                        let _ = reply.send(result);
+                    }
+                    true
+                }
+                Err(error) => {
+                    // No read may show the batch's figures from now on.
+                    shared.stale.set(error.to_string());
+                    if let JournalError::Fenced { stored, .. } = &error {
+                        *shared.fenced.write().unwrap_or_else(|p| p.into_inner()) = Some(*stored);
+                    }
+                    *failure = Some(Failure {
+                        error,
+                        parked: replies.into_iter().map(|(reply, _)| reply).collect(),
+                    });
+                    false
+                }
+            }
+        };
+        drop(failure);
+        notify(&shared, &entries);
+        if let Some(done) = done {
+            let _ = done.send(ok);
+        }
+        shared.settled.fetch_add(1, Ordering::SeqCst);
     }
+}
+
+/// What the callers of a failed batch hear: nothing of it happened.
+fn refusal_of(error: &JournalError) -> LedgerError {
+    match error {
+        JournalError::Fenced { stored, .. } => LedgerError::Fenced(*stored),
+        other => LedgerError::Storage(other.to_string()),
+    }
+}
+
+/// Committed or rolled back, the figures moved: tells the readers.
+fn notify(shared: &Shared, entries: &[JournalEntry]) {
+    let n = *shared.changes.borrow() + 1;
+    {
+        let mut versions = shared.versions.write().unwrap_or_else(|p| p.into_inner());
+        let mut last: Option<&str> = None;
+        for e in entries {
+            if last == Some(e.account.as_str()) {
+                continue;
+            }
+            last = Some(e.account.as_str());
+            match versions.get_mut(&e.account) {
+                Some(v) => *v = n,
+                None => {
+                    versions.insert(e.account.clone(), n);
+                }
+            }
+        }
+    }
+    shared.changes.send_replace(n);
 }
 
 /// Waits for a background snapshot and reports how it went.
-fn finish_snapshot(handle: Option<JoinHandle<Result<std::time::Duration, JournalError>>>) {
+fn finish_snapshot(handle: Option<JoinHandle<Result<(Duration, u64), JournalError>>>) {
     let Some(handle) = handle else { return };
     match handle.join() {
-        Ok(Ok(took)) => tracing::info!(millis = took.as_millis() as u64, "snapshot stored"),
+        Ok(Ok((took, bytes))) => tracing::info!(millis = took.as_millis() as u64, bytes, "snapshot stored"),
         Ok(Err(e)) => tracing::warn!(error = %e, "snapshot failed; the journal alone still recovers"),
         Err(_) => tracing::error!("the snapshot thread panicked"),
     }
@@ -553,11 +913,12 @@ impl Outage {
 }
 
 /// Stops this writer for good. Reads go on, on what is durable.
-fn fence(journal: &mut dyn Journal, shared: &Shared, epoch: i64) {
+fn fence(shared: &Shared, epoch: i64) {
     *shared.fenced.write().unwrap_or_else(|p| p.into_inner()) = Some(epoch);
     *shared.outage.write().unwrap_or_else(|p| p.into_inner()) = None;
-    if let Ok(state) = journal::recover(journal) {
-        *shared.state.write().unwrap_or_else(|p| p.into_inner()) = state;
+    let recovered = journal::recover(shared.journal().as_mut());
+    if let Ok(state) = recovered {
+        shared.install(state);
     }
 }
 
@@ -566,12 +927,15 @@ fn fence(journal: &mut dyn Journal, shared: &Shared, epoch: i64) {
 /// Answers the outage that remains: none when healed, or a longer wait
 /// while the journal is still out of reach. A newer epoch fences this
 /// writer; an unreadable journal stops it writing for good.
-fn heal(journal: &mut dyn Journal, shared: &Shared, outage: Option<Outage>) -> Option<Outage> {
+fn heal(shared: &Shared, outage: Option<Outage>) -> Option<Outage> {
     let mut outage = outage?;
-    let result = journal.reconnect().and_then(|()| journal::recover(journal));
+    let result = {
+        let mut journal = shared.journal();
+        journal.reconnect().and_then(|()| journal::recover(journal.as_mut()))
+    };
     let error = match result {
         Ok(state) => {
-            *shared.state.write().unwrap_or_else(|p| p.into_inner()) = state;
+            shared.install(state);
             *shared.outage.write().unwrap_or_else(|p| p.into_inner()) = None;
             if !outage.delay.is_zero() {
                 tracing::info!(after = %outage.error, "the journal is back; writes resume");
@@ -583,7 +947,7 @@ fn heal(journal: &mut dyn Journal, shared: &Shared, outage: Option<Outage>) -> O
                 epoch = stored,
                 "another writer took a newer epoch; this one stops writing"
             );
-            fence(journal, shared, stored);
+            fence(shared, stored);
             return None;
         }
         Err(e @ JournalError::Corrupt { .. }) => {

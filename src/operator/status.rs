@@ -73,7 +73,7 @@ pub fn account(
     current: &[Condition],
     now: jiff::Timestamp,
 ) -> CreditAccountStatus {
-    let f = numbers::account(acct, acct.cycle.number).expect("the current cycle has figures");
+    let f = numbers::account(acct);
     let mut wanted: Vec<Cond> = vec![(
         "Ready",
         true,
@@ -191,7 +191,7 @@ pub fn member(
             ..MemberAllocationStatus::default()
         };
     };
-    let f = numbers::member(acct, m, acct.cycle.number);
+    let f = numbers::member(acct, m);
     let group_ok = acct.groups.get(&f.group).is_some_and(|g| g.active);
     let wanted: Vec<Cond> = if group_ok {
         vec![("Ready", true, "Reconciled".into(), String::new())]

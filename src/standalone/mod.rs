@@ -516,9 +516,7 @@ pub fn overview_screen(ledger: &Ledger) -> String {
     let state = ledger.read();
     let mut out = String::new();
     for (id, account) in state.accounts.iter().filter(|(_, a)| a.active) {
-        let Some(f) = numbers::account(account, account.cycle.number) else {
-            continue;
-        };
+        let f = numbers::account(account);
         out.push_str(&format!(
             "\naccount {id}  cadence {}  cycle {} ({} → {})\n",
             account.settings.cadence, f.cycle.number, f.cycle.start, f.cycle.end

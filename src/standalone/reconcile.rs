@@ -381,9 +381,7 @@ impl Round<'_> {
                 state.account(account).filter(|a| a.active).and_then(|a| {
                     let name = a.settings.default_group.clone();
                     let exists = a.groups.get(&name).is_some_and(|g| g.active);
-                    let unallocated = numbers::account(a, a.cycle.number)
-                        .map(|f| f.unallocated)
-                        .unwrap_or_default();
+                    let unallocated = numbers::account(a).unallocated;
                     (!exists).then_some((name, unallocated.max(crate::amount::Amount::ZERO)))
                 })
             };

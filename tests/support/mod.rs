@@ -197,7 +197,7 @@ impl Fixture {
     pub fn member_figures(&self, user: &str) -> numbers::MemberFigures {
         let state = self.ledger.read();
         let acct = state.account(ACCOUNT).expect("account");
-        numbers::member(acct, acct.members.get(user).unwrap(), acct.cycle.number)
+        numbers::member(acct, acct.members.get(user).unwrap())
     }
 
     pub fn group_figures(&self, name: &str) -> numbers::GroupFigures {
@@ -209,11 +209,19 @@ impl Fixture {
     pub fn account_figures(&self) -> numbers::AccountFigures {
         let state = self.ledger.read();
         let acct = state.account(ACCOUNT).expect("account");
-        numbers::account(acct, acct.cycle.number).expect("current cycle")
+        numbers::account(acct)
     }
 
     pub fn state(&self) -> State {
         self.ledger.read().clone()
+    }
+
+    /// A closed cycle, read back from the ledger's history.
+    pub fn closed(&self, cycle: u64) -> credit_operator::ledger::history::ClosedView {
+        self.ledger
+            .closed_blocking(ACCOUNT, cycle)
+            .expect("the history reads")
+            .unwrap_or_else(|| panic!("cycle {cycle} is closed"))
     }
 }
 

@@ -9,6 +9,7 @@ use crate::amount::Amount;
 use crate::cycle::{time_zone, Cadence, CycleWindow, Schedule};
 use crate::ledger::costs::CycleCosts;
 use crate::ledger::error::LedgerError;
+use crate::ledger::history::Archived;
 use crate::ledger::model::*;
 
 /// When and why the current cycle began.
@@ -254,7 +255,10 @@ pub(super) fn apply(account: &mut Account, at: Timestamp, event: &Event) {
                     events: account.events,
                     costs: std::mem::take(&mut account.costs),
                 };
-                account.closed.push(closed);
+                account.archive.push(Archived::Cycle {
+                    account: account.id.clone(),
+                    cycle: closed,
+                });
             }
             account.cycle = CycleWindow {
                 number: *number,

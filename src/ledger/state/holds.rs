@@ -1,6 +1,12 @@
 //! Holds: credits reserved now and settled with the actual cost later,
 //! released, or expired (a journal entry when it is due). Holds cut
 //! headroom, not `used`.
+//!
+//! Open holds stay in memory; of the closed ones only the newest
+//! [`CLOSED_HOLDS_KEPT`] do. An older one is read back from the journal
+//! (its events, by the journal's index of holds) when a command names it:
+//! a retried settlement or release, a replayed key, an expired hold
+//! settled late.
 
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -14,6 +20,9 @@ use crate::ledger::error::LedgerError;
 use crate::ledger::keys::{Fingerprint, KeyAnswer, KeyRecord};
 use crate::ledger::model::*;
 use crate::ledger::numbers;
+
+/// Closed holds an account keeps in memory, newest first out of mind.
+pub const CLOSED_HOLDS_KEPT: usize = 16_384;
 
 /// Credits reserved for a member until settled, released or expired.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +56,87 @@ impl Hold {
             settled_credits: self.settled_credits,
             duplicate,
         }
+    }
+
+    /// A hold rebuilt from its journal entries, in order (the journal's
+    /// index of holds); `None` without its opening.
+    pub fn recall(entries: &[JournalEntry]) -> Option<Hold> {
+        let mut hold: Option<Hold> = None;
+        for entry in entries {
+            match (&entry.event, &mut hold) {
+                (
+                    Event::HoldOpened {
+                        id,
+                        member,
+                        charge,
+                        credits,
+                        expires_at,
+                    },
+                    None,
+                ) => {
+                    hold = Some(Hold {
+                        id: id.clone(),
+                        member: member.clone(),
+                        charge: *charge,
+                        credits: *credits,
+                        state: HoldState::Open,
+                        expires_at: *expires_at,
+                        settled_credits: None,
+                    })
+                }
+                (Event::HoldSettled { credits, .. }, Some(h)) => {
+                    h.state = HoldState::Settled;
+                    h.settled_credits = Some(*credits);
+                }
+                (Event::HoldReleased { .. }, Some(h)) if h.state == HoldState::Open => h.state = HoldState::Released,
+                (Event::HoldExpired { .. }, Some(h)) if h.state == HoldState::Open => h.state = HoldState::Expired,
+                _ => {}
+            }
+        }
+        hold
+    }
+}
+
+/// Whether `id` names a hold the account may have let go of from memory:
+/// a hold id of an entry already journaled, not in memory.
+pub(super) fn may_be_past(account: &Account, id: &str, last_seq: u64) -> bool {
+    !account.holds.contains_key(id)
+        && id
+            .strip_prefix("hold-")
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n <= last_seq)
+}
+
+/// Marks a hold closed: it joins the window of closed holds, and the
+/// oldest one past [`CLOSED_HOLDS_KEPT`] leaves memory.
+fn closed(account: &mut Account, id: &str) {
+    account.closed_holds.push_back(id.to_string());
+    while account.closed_holds.len() > CLOSED_HOLDS_KEPT {
+        if let Some(old) = account.closed_holds.pop_front() {
+            account.holds.remove(&old);
+        }
+    }
+}
+
+/// The window of closed holds, for a snapshot written before there was
+/// one (every hold it had stayed in memory): the newest closed holds, by
+/// the sequence number in their ids.
+pub(super) fn rebuild_window(account: &mut Account) {
+    if !account.closed_holds.is_empty() {
+        return;
+    }
+    let mut closed_ids: Vec<(u64, String)> = account
+        .holds
+        .values()
+        .filter(|h| h.state != HoldState::Open)
+        .map(|h| {
+            let n = h.id.strip_prefix("hold-").and_then(|n| n.parse().ok()).unwrap_or(0);
+            (n, h.id.clone())
+        })
+        .collect();
+    closed_ids.sort();
+    for (_, id) in closed_ids {
+        closed(account, &id);
     }
 }
 
@@ -93,7 +183,7 @@ pub(super) fn open(
             .fingerprint
             .matches(&member, &fingerprint_hold(acct, &member, charge, ttl_seconds));
         return match (&record.answer, same) {
-            (KeyAnswer::Hold(id), true) => match acct.holds.get(id) {
+            (KeyAnswer::Hold(id), true) => match em.hold(acct, id) {
                 Some(hold) if hold.member == member => Ok(Outcome::Hold(hold.opened_view())),
                 _ => Err(LedgerError::IdempotencyConflict(key)),
             },
@@ -141,10 +231,8 @@ pub(super) fn settle(
     labels.validate()?;
     let acct = em.state.active_account(&account)?;
     let credits = credits_for(acct, charge)?;
-    let hold = acct
-        .holds
-        .get(&id)
-        .ok_or_else(|| LedgerError::UnknownHold(id.clone()))?;
+    let in_memory = acct.holds.contains_key(&id);
+    let hold = em.hold(acct, &id).ok_or_else(|| LedgerError::UnknownHold(id.clone()))?;
     match hold.state {
         HoldState::Settled if hold.settled_credits == Some(credits) => return Ok(Outcome::Hold(hold.view(true))),
         HoldState::Settled => {
@@ -162,6 +250,7 @@ pub(super) fn settle(
         HoldState::Open | HoldState::Expired => {}
     }
     check_room(acct, &hold.member, credits, charge)?;
+    let mut settled = hold.clone();
     catch_up(em, &account)?;
     em.emit(
         &account,
@@ -171,9 +260,17 @@ pub(super) fn settle(
             charge,
             credits,
             labels,
+            member: (!in_memory).then(|| settled.member.clone()),
         },
     );
-    Ok(Outcome::Hold(em.state.accounts[&account].holds[&id].view(false)))
+    match em.state.accounts[&account].holds.get(&id) {
+        Some(hold) => Ok(Outcome::Hold(hold.view(false))),
+        None => {
+            settled.state = HoldState::Settled;
+            settled.settled_credits = Some(credits);
+            Ok(Outcome::Hold(settled.view(false)))
+        }
+    }
 }
 
 /// `Command::ReleaseHold`: lets an open hold go; releasing a released or
@@ -181,10 +278,7 @@ pub(super) fn settle(
 /// are spent).
 pub(super) fn release(em: &mut Emitter, account: AccountId, id: String) -> Result<Outcome, LedgerError> {
     let acct = em.state.active_account(&account)?;
-    let hold = acct
-        .holds
-        .get(&id)
-        .ok_or_else(|| LedgerError::UnknownHold(id.clone()))?;
+    let hold = em.hold(acct, &id).ok_or_else(|| LedgerError::UnknownHold(id.clone()))?;
     match hold.state {
         HoldState::Open => {}
         HoldState::Settled => {
@@ -195,11 +289,21 @@ pub(super) fn release(em: &mut Emitter, account: AccountId, id: String) -> Resul
         }
         HoldState::Released | HoldState::Expired => return Ok(Outcome::Hold(hold.view(true))),
     }
+    let mut expired = hold.clone();
     catch_up(em, &account)?;
-    if em.state.accounts[&account].holds[&id].state == HoldState::Open {
+    let state = em.state.accounts[&account].holds.get(&id).map(|h| h.state);
+    if state == Some(HoldState::Open) {
         em.emit(&account, None, Event::HoldReleased { id: id.clone() });
     }
-    Ok(Outcome::Hold(em.state.accounts[&account].holds[&id].view(false)))
+    match em.state.accounts[&account].holds.get(&id) {
+        Some(hold) => Ok(Outcome::Hold(hold.view(false))),
+        // It expired while boundaries were applied, among so many others
+        // that it left memory at once.
+        None => {
+            expired.state = HoldState::Expired;
+            Ok(Outcome::Hold(expired.view(false)))
+        }
+    }
 }
 
 /// Emits `HoldExpired` for every open hold of the account due at `now`.
@@ -256,8 +360,17 @@ pub(super) fn apply(account: &mut Account, entry: &JournalEntry) {
             charge,
             credits,
             labels,
+            member,
         } => {
-            let Some(hold) = account.holds.get_mut(id) else { return };
+            let spend = spend_of(*charge, *credits);
+            let Some(hold) = account.holds.get_mut(id) else {
+                // A closed hold that had left memory: only the debit.
+                if let Some(member) = member {
+                    account.post(member, Posting::spend(spend));
+                    account.costs.record(labels, spend);
+                }
+                return;
+            };
             let was_open = hold.state == HoldState::Open;
             hold.state = HoldState::Settled;
             hold.settled_credits = Some(*credits);
@@ -265,8 +378,8 @@ pub(super) fn apply(account: &mut Account, entry: &JournalEntry) {
             if was_open {
                 account.expiries.remove(&(expires, id.clone()));
                 account.post(&member, Posting::hold(Amount::ZERO - held));
+                closed(account, id);
             }
-            let spend = spend_of(*charge, *credits);
             account.post(&member, Posting::spend(spend));
             account.costs.record(labels, spend);
         }
@@ -283,6 +396,7 @@ pub(super) fn apply(account: &mut Account, entry: &JournalEntry) {
             let (member, held, expires) = (hold.member.clone(), hold.credits, hold.expires_at);
             account.expiries.remove(&(expires, id.clone()));
             account.post(&member, Posting::hold(Amount::ZERO - held));
+            closed(account, id);
         }
         _ => {}
     }

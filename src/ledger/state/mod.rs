@@ -31,7 +31,7 @@ mod membership;
 mod requests;
 mod usage;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use jiff::civil::DateTime;
 use jiff::Timestamp;
@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use super::costs::{CycleCosts, Spend};
 use super::error::LedgerError;
+use super::history::{Archive, Archived};
 pub(crate) use super::keys::stable_hash;
 pub use super::keys::{Fingerprint, KeyAnswer, KeyRecord, Keys, NO_ROW};
 use super::model::*;
@@ -47,7 +48,7 @@ use crate::cycle::{time_zone, CycleWindow, Schedule};
 
 pub use super::members::{Member, MemberCycle, MemberTable, MemberTally};
 pub use cycles::{ClosedCycle, ClosedGroup, LastReset};
-pub use holds::Hold;
+pub use holds::{Hold, CLOSED_HOLDS_KEPT};
 pub use requests::Request;
 
 /// Longest hold accepted: a week.
@@ -237,17 +238,28 @@ pub struct Account {
     #[serde(default)]
     pub costs: CycleCosts,
     pub held: Amount,
-    pub closed: Vec<ClosedCycle>,
+    /// Closed cycles, in snapshots written before they moved to the
+    /// history tables (read, never written; see [`State::take_legacy`]).
+    #[serde(default, rename = "closed", skip_serializing)]
+    legacy_closed: Vec<ClosedCycle>,
     pub groups: BTreeMap<String, Group>,
     /// Members by user id and by MemberAllocation name.
     pub members: MemberTable,
     /// Requests by uid.
     pub requests: BTreeMap<String, Request>,
+    /// Open holds, and the newest [`holds::CLOSED_HOLDS_KEPT`] closed ones.
     pub holds: BTreeMap<String, Hold>,
+    /// Closed holds still in `holds`, oldest first; an older one is read
+    /// back from the journal when it is needed.
+    #[serde(default)]
+    pub closed_holds: VecDeque<String>,
     /// Open holds by expiry, so due expiries are found without a scan.
     pub expiries: BTreeSet<(Timestamp, String)>,
     /// Idempotency keys: the recent ones whole, the rest as filter bits.
     pub keys: Keys,
+    /// Records for the history tables left by the event being applied.
+    #[serde(skip)]
+    archive: Archive,
 }
 
 impl Account {
@@ -270,13 +282,15 @@ impl Account {
             events: 0,
             costs: CycleCosts::default(),
             held: Amount::ZERO,
-            closed: Vec::new(),
+            legacy_closed: Vec::new(),
             groups: BTreeMap::new(),
             members: MemberTable::default(),
             requests: BTreeMap::new(),
             holds: BTreeMap::new(),
+            closed_holds: VecDeque::new(),
             expiries: BTreeSet::new(),
             keys: Keys::default(),
+            archive: Archive::default(),
         }
     }
 
@@ -313,9 +327,23 @@ impl Account {
     /// the cycle it leaves go to its history.
     fn member_entry(&mut self, user_id: &str) -> Option<&mut Member> {
         let cycle = self.cycle.number;
-        let Account { members, settings, .. } = self;
+        let Account {
+            id,
+            members,
+            settings,
+            archive,
+            ..
+        } = self;
         let member = members.get_mut(user_id)?;
-        member.roll(cycle, &settings.default_group);
+        if let Some((first, last, record)) = member.roll(cycle, &settings.default_group) {
+            archive.push(Archived::Member {
+                account: id.clone(),
+                user_id: user_id.to_string(),
+                first,
+                last,
+                record,
+            });
+        }
         Some(member)
     }
 
@@ -369,9 +397,74 @@ pub struct State {
     pub last_seq: u64,
     /// Set when a batch applied here failed to commit: the figures are
     /// ahead of the journal until the state is reloaded from it, and no
-    /// read may show them. Never stored.
+    /// read may show them. Never stored; shared with the writer's commit
+    /// thread, which sets it without the state's lock.
     #[serde(skip)]
-    pub stale: Option<String>,
+    pub stale: Stale,
+}
+
+/// Why a state's figures may not be read, if they may not: a mark the
+/// writer's commit thread sets the moment a commit fails, before anyone
+/// hears of it. Not part of the state's value.
+#[derive(Debug, Clone, Default)]
+pub struct Stale(std::sync::Arc<StaleMark>);
+
+#[derive(Debug, Default)]
+pub struct StaleMark {
+    /// Read on every read of figures: an atomic, not a lock.
+    set: std::sync::atomic::AtomicBool,
+    why: std::sync::Mutex<Option<String>>,
+}
+
+impl Stale {
+    pub fn set(&self, why: String) {
+        *self.0.why.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        self.0.set.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn clear(&self) {
+        self.0.set.store(false, std::sync::atomic::Ordering::SeqCst);
+        *self.0.why.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    pub fn get(&self) -> Option<String> {
+        if !self.is_set() {
+            return None;
+        }
+        self.0.why.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.set.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl PartialEq for Stale {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Stale {}
+
+/// What the writer must read from the journal before a command can run:
+/// what memory let go of ([`State::recall_needed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recall<'c> {
+    /// An idempotency key that may have left memory for the filters.
+    Key { account: &'c str, key: &'c str },
+    /// A closed hold that left memory, by its journal entries.
+    Hold { account: &'c str, id: String },
+}
+
+/// What the writer read back for a command; `Some(None)` when the
+/// journal does not hold it either.
+#[derive(Debug, Clone, Default)]
+pub struct Recalled {
+    /// The key's record ([`Account::recall`]).
+    pub key: Option<Option<KeyRecord>>,
+    /// The hold, rebuilt from its entries ([`Hold::recall`]).
+    pub hold: Option<Option<Hold>>,
 }
 
 /// Collects the events a command emits, applying each as it goes.
@@ -379,8 +472,8 @@ struct Emitter<'a> {
     state: &'a mut State,
     out: &'a mut Vec<JournalEntry>,
     now: Timestamp,
-    /// The command's key as the journal holds it, when it left memory.
-    recalled: Option<KeyRecord>,
+    /// What the journal held of what memory let go of.
+    recalled: Recalled,
 }
 
 impl Emitter<'_> {
@@ -392,8 +485,10 @@ impl Emitter<'_> {
             key,
             event,
             answer: None,
+            archived: Archive::default(),
         };
         self.state.apply(&entry);
+        entry.archived = self.state.take_archived(account);
         // The first answer goes to the journal with the event, for a retry
         // that comes after the key left memory.
         if let (Some(key), Event::UsageRecorded { .. }) = (&entry.key, &entry.event) {
@@ -407,7 +502,22 @@ impl Emitter<'_> {
 
     /// The record of `key`: in memory, or recalled from the journal.
     fn key_record(&self, account: &Account, key: &str) -> Option<KeyRecord> {
-        account.keys.get(key).cloned().or_else(|| self.recalled.clone())
+        account
+            .keys
+            .get(key)
+            .cloned()
+            .or_else(|| self.recalled.key.clone().flatten())
+    }
+
+    /// A hold: in memory, or recalled from the journal.
+    fn hold<'h>(&'h self, account: &'h Account, id: &str) -> Option<&'h Hold> {
+        account.holds.get(id).or_else(|| {
+            self.recalled
+                .hold
+                .as_ref()
+                .and_then(Option::as_ref)
+                .filter(|h| h.id == id)
+        })
     }
 }
 
@@ -428,7 +538,7 @@ impl State {
 
     /// Ok unless the figures include a batch that failed to commit.
     pub fn readable(&self) -> Result<(), LedgerError> {
-        match &self.stale {
+        match self.stale.get() {
             None => Ok(()),
             Some(why) => Err(LedgerError::Storage(format!(
                 "the figures are being reloaded from the journal after a failed commit: {why}"
@@ -454,18 +564,17 @@ impl State {
         now: Timestamp,
         out: &mut Vec<JournalEntry>,
     ) -> Result<Outcome, LedgerError> {
-        self.handle_recalled(cmd, now, out, None)
+        self.handle_recalled(cmd, now, out, Recalled::default())
     }
 
-    /// [`State::handle`] for a command whose key left memory: `recalled`
-    /// is its record rebuilt from the journal ([`Account::recall`]), or
-    /// `None` when the journal does not hold the key (it is new).
+    /// [`State::handle`] for a command that needed what memory let go of
+    /// ([`State::recall_needed`]): `recalled` is what the journal holds.
     pub fn handle_recalled(
         &mut self,
         cmd: Command,
         now: Timestamp,
         out: &mut Vec<JournalEntry>,
-        recalled: Option<KeyRecord>,
+        recalled: Recalled,
     ) -> Result<Outcome, LedgerError> {
         let mut em = Emitter {
             state: self,
@@ -526,14 +635,70 @@ impl State {
         }
     }
 
-    /// Whether `command` carries a key that may have left memory, so the
-    /// writer looks it up in the journal before running it.
-    pub fn needs_recall<'c>(&self, command: &'c Command) -> Option<(&'c str, &'c str)> {
-        let (account, key) = command.idempotency_key()?;
-        self.accounts
-            .get(account)
-            .is_some_and(|a| a.keys.maybe_past(key))
-            .then_some((account, key))
+    /// What the writer must read from the journal before `command` can
+    /// run, given what it `recalled` already: a key that may have left
+    /// memory for the filters, then a closed hold that left memory (named
+    /// by the command, or by the key's first answer). `None`: run it.
+    pub fn recall_needed<'c>(&self, command: &'c Command, recalled: &Recalled) -> Option<Recall<'c>> {
+        let hold = |account: &'c str, id: &str| {
+            let acct = self.accounts.get(account)?;
+            (recalled.hold.is_none() && holds::may_be_past(acct, id, self.last_seq)).then(|| Recall::Hold {
+                account,
+                id: id.to_string(),
+            })
+        };
+        match command {
+            Command::RecordUsage { account, key, .. } | Command::OpenHold { account, key, .. } => {
+                let acct = self.accounts.get(account.as_str())?;
+                let record = match acct.keys.get(key) {
+                    Some(record) => Some(record),
+                    None if recalled.key.is_none() && acct.keys.maybe_past(key) => {
+                        return Some(Recall::Key { account, key });
+                    }
+                    None => recalled.key.as_ref().and_then(Option::as_ref),
+                };
+                match (command, record.map(|r| &r.answer)) {
+                    (Command::OpenHold { .. }, Some(KeyAnswer::Hold(id))) => hold(account, id),
+                    _ => None,
+                }
+            }
+            Command::SettleHold { account, id, .. } | Command::ReleaseHold { account, id } => hold(account, id),
+            _ => None,
+        }
+    }
+
+    /// The history records the last applied event left in `account`.
+    pub fn take_archived(&mut self, account: &str) -> Archive {
+        match self.accounts.get_mut(account) {
+            Some(a) if !a.archive.is_empty() => Archive(a.archive.take()),
+            _ => Archive::default(),
+        }
+    }
+
+    /// After a snapshot is read: the closed cycles an older snapshot kept
+    /// in memory, as records for the history tables (once), and the window
+    /// of closed holds rebuilt where an older snapshot had none.
+    pub fn take_legacy(&mut self) -> Vec<Archived> {
+        let mut records = Vec::new();
+        for account in self.accounts.values_mut() {
+            for cycle in std::mem::take(&mut account.legacy_closed) {
+                records.push(Archived::Cycle {
+                    account: account.id.clone(),
+                    cycle,
+                });
+            }
+            for (user_id, first, last, record) in account.members.take_legacy_history() {
+                records.push(Archived::Member {
+                    account: account.id.clone(),
+                    user_id,
+                    first,
+                    last,
+                    record,
+                });
+            }
+            holds::rebuild_window(account);
+        }
+        records
     }
 
     /// Applies one journal event. Events were validated when emitted, so
