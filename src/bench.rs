@@ -18,6 +18,113 @@ use crate::clock::SystemClock;
 use crate::ledger::writer::LedgerOptions;
 use crate::ledger::{AccountSettings, Charge, Command, GroupSettings, Ledger, LedgerError, MemberSpec, Outcome};
 
+/// `credit-operator bench`: what to measure, from the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// `sqlite`, `postgres` or `all`.
+    #[arg(long, default_value = "sqlite")]
+    pub backend: String,
+    /// PostgreSQL server for `--backend postgres` (a fresh schema is
+    /// created and dropped).
+    #[arg(
+        long,
+        env = "CREDITS_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    pub postgres_url: String,
+    /// Usage events ingested through group commit (time-ordered keys).
+    #[arg(long, default_value = "200000")]
+    pub events: u64,
+    /// Events committed one transaction each (the baseline).
+    #[arg(long, default_value = "3000")]
+    pub naive_events: u64,
+    /// Members during ingest and authorize.
+    #[arg(long, default_value = "100000")]
+    pub members: u64,
+    /// Members at the reset and memory measurement.
+    #[arg(long, default_value = "1000000")]
+    pub reset_members: u64,
+    /// Seconds of HTTP load.
+    #[arg(long, default_value = "5")]
+    pub http_seconds: f64,
+    /// Keep-alive HTTP connections.
+    #[arg(long, default_value = "16")]
+    pub http_connections: usize,
+    /// Unique-key events measured after the in-memory key window is full.
+    #[arg(long, default_value = "1000000")]
+    pub key_events: u64,
+    /// Events with random (UUIDv4-like) keys, against time-ordered ones.
+    #[arg(long, default_value = "200000")]
+    pub random_key_events: u64,
+}
+
+/// Runs the bench on each backend asked for and prints a line each.
+pub fn main(args: BenchArgs) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let backends: Vec<&'static str> = match args.backend.as_str() {
+        "all" => vec!["sqlite", "postgres"],
+        "sqlite" => vec!["sqlite"],
+        "postgres" => vec!["postgres"],
+        other => {
+            eprintln!("error: --backend must be sqlite, postgres or all, not {other:?}");
+            return ExitCode::from(2);
+        }
+    };
+    for backend in backends {
+        match on_backend(backend, &args) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("error: {backend} bench: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// One backend's run on a fresh journal: a temporary SQLite file, or a
+/// schema of its own on the PostgreSQL server (dropped afterwards).
+fn on_backend(backend: &'static str, args: &BenchArgs) -> Result<String, String> {
+    let dir = std::env::temp_dir().join(format!("credits-bench-{}", std::process::id()));
+    let mut schema = None;
+    let postgres_url = &args.postgres_url;
+    let ledger_url = if backend == "sqlite" {
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        format!("sqlite://{}", dir.join("bench.db").display())
+    } else {
+        let name = format!("bench_{}", std::process::id());
+        let mut client = postgres::Client::connect(postgres_url, postgres::NoTls).map_err(|e| e.to_string())?;
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"))
+            .map_err(|e| e.to_string())?;
+        schema = Some(name.clone());
+        let sep = if postgres_url.contains('?') { '&' } else { '?' };
+        format!("{postgres_url}{sep}options=-c%20search_path%3D{name}")
+    };
+    let options = BenchOptions {
+        ledger_url,
+        backend,
+        events: args.events,
+        naive_events: args.naive_events,
+        members: args.members,
+        reset_members: args.reset_members.max(args.members),
+        authorize_calls: 1_000_000,
+        http_seconds: args.http_seconds,
+        http_connections: args.http_connections,
+        key_events: args.key_events,
+        random_key_events: args.random_key_events,
+    };
+    let result = run(&options).map_err(|e| e.to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(name) = schema {
+        if let Ok(mut client) = postgres::Client::connect(postgres_url, postgres::NoTls) {
+            let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"));
+        }
+    }
+    let report = result?;
+    serde_json::to_string(&report).map_err(|e| e.to_string())
+}
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -33,6 +140,8 @@ pub struct BenchOptions {
     pub http_connections: usize,
     /// Unique-key events after an account's key window is full.
     pub key_events: u64,
+    /// Events with random keys.
+    pub random_key_events: u64,
 }
 
 /// One line of results.
@@ -41,6 +150,12 @@ pub struct BenchReport {
     pub backend: &'static str,
     pub events: u64,
     pub events_per_sec: u64,
+    /// Resident memory once the ingest is durable, and how much it grew
+    /// during the ingest (the members were enrolled before).
+    pub rss_mib_after_ingest: f64,
+    pub rss_mib_ingest_growth: f64,
+    /// The journal on disk once the ingest is durable.
+    pub journal_mib_after_ingest: f64,
     pub naive_events: u64,
     pub naive_events_per_sec: u64,
     pub ratio: f64,
@@ -120,6 +235,27 @@ fn charge(rng: &mut XorShift) -> Charge {
     Charge::Credits(Amount::from_decimal(rust_decimal::Decimal::new(milli as i64, 3)))
 }
 
+/// The journal's size on disk: the SQLite file with its WAL, or the
+/// PostgreSQL tables of the bench's schema with their indexes.
+fn journal_size(url: &str) -> u64 {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let size = |p: &str| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        return size(path) + size(&format!("{path}-wal"));
+    }
+    let Ok(mut client) = postgres::Client::connect(url, postgres::NoTls) else {
+        return 0;
+    };
+    client
+        .query_one(
+            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::BIGINT FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = current_schema() AND c.relkind = 'r'",
+            &[],
+        )
+        .map(|r| r.get::<_, i64>(0).max(0) as u64)
+        .unwrap_or(0)
+}
+
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -155,6 +291,11 @@ fn enrol(ledger: &Ledger, from: u64, to: u64) -> Result<(), LedgerError> {
             member: member(i),
         }),
     )
+}
+
+/// Bytes in MiB, one decimal.
+fn mib(bytes: u64) -> f64 {
+    (bytes as f64 / 1_048_576.0 * 10.0).round() / 10.0
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -196,23 +337,29 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, LedgerError> {
     }
     enrol(&ledger, 0, options.members)?;
 
-    // Durable ingest through group commit: time-ordered keys.
+    // Durable ingest through group commit: time-ordered keys. The events
+    // are made as they are sent, as a gateway makes its requests (the
+    // clock counts that work too), so memory holds none in advance.
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
-    let events: Vec<Command> = (0..options.events)
-        .map(|i| Command::RecordUsage {
+    let rss_before_ingest = rss_bytes();
+    let before = ledger.stats();
+    let started = Instant::now();
+    let members = options.members;
+    pipeline(
+        &ledger,
+        (0..options.events).map(|i| Command::RecordUsage {
             labels: Default::default(),
             account: ACCOUNT.into(),
-            member: format!("u{:07}", rng.next() % options.members),
+            member: format!("u{:07}", rng.next() % members),
             charge: charge(&mut rng),
             key: format!("evt-{i:012}"),
             occurred_at: None,
-        })
-        .collect();
-    let before = ledger.stats();
-    let started = Instant::now();
-    pipeline(&ledger, events.into_iter())?;
+        }),
+    )?;
     let ingest = started.elapsed();
     let after = ledger.stats();
+    let rss_after_ingest = rss_bytes();
+    let journal_bytes = journal_size(&options.ledger_url);
     let batches = (after.batches - before.batches).max(1);
     let mean_batch_size = ((after.entries - before.entries) as f64 / batches as f64 * 10.0).round() / 10.0;
     let commit_micros = (after.total_commit_micros - before.total_commit_micros) as f64;
@@ -285,7 +432,7 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, LedgerError> {
 
     let (http_requests, http_rps, http_p50_us, http_p99_us) = http(&ledger, options)?;
 
-    let keys = key_memory(&ledger, options.key_events, options.events)?;
+    let keys = key_memory(&ledger, options.key_events, options.random_key_events)?;
 
     // Memory and reset at a million members.
     let rss_before = rss_bytes();
@@ -315,6 +462,9 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport, LedgerError> {
         backend: options.backend,
         events: options.events,
         events_per_sec,
+        rss_mib_after_ingest: mib(rss_after_ingest),
+        rss_mib_ingest_growth: mib(rss_after_ingest.saturating_sub(rss_before_ingest)),
+        journal_mib_after_ingest: mib(journal_bytes),
         naive_events: options.naive_events,
         naive_events_per_sec,
         ratio: ((events_per_sec as f64 / naive_events_per_sec.max(1) as f64) * 10.0).round() / 10.0,

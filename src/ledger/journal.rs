@@ -220,6 +220,7 @@ pub(crate) fn decode(
         seq,
         message: e.to_string(),
     })?;
+    let answer = answer.as_deref().and_then(super::keys::StoredAnswer::parse);
     let at = jiff::Timestamp::from_nanosecond(i128::from(at_nanos)).map_err(|e| JournalError::Corrupt {
         seq,
         message: e.to_string(),

@@ -46,24 +46,62 @@ pub struct KeyRecord {
 impl KeyRecord {
     /// The part of the first answer the journal row keeps beside the
     /// event (the rest is in the event): a usage's member figures.
-    pub fn stored_answer(&self) -> Option<String> {
+    pub fn stored_answer(&self) -> Option<StoredAnswer> {
         match &self.answer {
-            KeyAnswer::Usage(r) => Some(format!("{} {}", r.member_used, r.member_remaining)),
+            KeyAnswer::Usage(r) => Some(StoredAnswer {
+                used: r.member_used,
+                remaining: r.member_remaining,
+            }),
             KeyAnswer::Hold(_) => None,
         }
     }
 }
 
-/// A usage receipt read back from [`KeyRecord::stored_answer`].
-pub fn stored_receipt(credits: crate::amount::Amount, stored: &str) -> Option<UsageReceipt> {
-    let (used, remaining) = stored.split_once(' ')?;
-    let read = |s: &str| crate::amount::Amount::parse_record(s).ok();
-    Some(UsageReceipt {
-        duplicate: false,
-        credits,
-        member_used: read(used)?,
-        member_remaining: read(remaining)?,
-    })
+/// A usage's member figures right after it, kept beside its journal row
+/// as the text `"USED REMAINING"` (written by the commit thread, so the
+/// writer never formats a number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredAnswer {
+    pub used: crate::amount::Amount,
+    pub remaining: crate::amount::Amount,
+}
+
+impl StoredAnswer {
+    pub fn text(&self) -> String {
+        format!("{} {}", self.used, self.remaining)
+    }
+
+    pub fn parse(text: &str) -> Option<StoredAnswer> {
+        let (used, remaining) = text.split_once(' ')?;
+        let read = |s: &str| crate::amount::Amount::parse_record(s).ok();
+        Some(StoredAnswer {
+            used: read(used)?,
+            remaining: read(remaining)?,
+        })
+    }
+
+    /// The receipt this answer was part of.
+    pub fn receipt(&self, credits: crate::amount::Amount) -> UsageReceipt {
+        UsageReceipt {
+            duplicate: false,
+            credits,
+            member_used: self.used,
+            member_remaining: self.remaining,
+        }
+    }
+}
+
+impl Serialize for StoredAnswer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text())
+    }
+}
+
+impl<'de> Deserialize<'de> for StoredAnswer {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        StoredAnswer::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("not an answer: {text:?}")))
+    }
 }
 
 /// What idempotency compares: the body's decimal values, not its text.
@@ -196,11 +234,17 @@ impl Keys {
     /// Whether `key` may be an older key that only the journal still
     /// holds whole. `false` means it is new, or in memory.
     pub fn maybe_past(&self, key: &str) -> bool {
+        self.in_filters(key) && self.get(key).is_none()
+    }
+
+    /// Whether the filters may know `key` ([`Keys::maybe_past`] for a key
+    /// the caller found not in memory).
+    pub fn in_filters(&self, key: &str) -> bool {
         if self.past.is_empty() {
             return false;
         }
         let hash = key_hash(key);
-        self.past.iter().rev().any(|f| f.bloom.contains_hash(hash)) && self.get(key).is_none()
+        self.past.iter().rev().any(|f| f.bloom.contains_hash(hash))
     }
 
     /// Keys whole in memory.
@@ -402,8 +446,15 @@ mod tests {
             answer: KeyAnswer::Usage(receipt.clone()),
         };
         let stored = record.stored_answer().unwrap();
-        assert_eq!(stored, "12.5 987.5");
-        assert_eq!(stored_receipt(Amount::from_int(5), &stored), Some(receipt));
-        assert_eq!(stored_receipt(Amount::from_int(5), "12.5"), None);
+        assert_eq!(stored.text(), "12.5 987.5");
+        let read = StoredAnswer::parse(&stored.text()).unwrap();
+        assert_eq!(read.receipt(Amount::from_int(5)), receipt);
+        assert_eq!(StoredAnswer::parse("12.5"), None);
+        // A sum the writer did not normalize is stored in canonical form.
+        let unnormalized = StoredAnswer {
+            used: Amount::from_decimal("12.5".parse().unwrap()) + Amount::from_decimal("0.500".parse().unwrap()),
+            remaining: Amount::from_int(1),
+        };
+        assert_eq!(unnormalized.text(), "13 1");
     }
 }

@@ -527,6 +527,15 @@ impl MemberTable {
         self.rows.is_empty()
     }
 
+    /// The member in row `row` (from [`MemberTable::position`]).
+    pub fn at(&self, row: u32) -> &Member {
+        &self.rows[row as usize]
+    }
+
+    pub fn at_mut(&mut self, row: u32) -> &mut Member {
+        &mut self.rows[row as usize]
+    }
+
     pub fn get(&self, user_id: &str) -> Option<&Member> {
         self.index_of(user_id).map(|i| &self.rows[i as usize])
     }

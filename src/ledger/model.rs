@@ -469,7 +469,7 @@ pub struct JournalEntry {
     /// ([`super::keys::KeyRecord::stored_answer`]), stored beside it for a
     /// retry that comes after the key left memory. Replay recomputes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub answer: Option<String>,
+    pub answer: Option<super::keys::StoredAnswer>,
     /// Closed-cycle records the event produced, written to the history
     /// tables in the same commit ([`super::history`]); not journaled.
     #[serde(skip)]

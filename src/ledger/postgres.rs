@@ -176,7 +176,7 @@ impl Journal for PostgresJournal {
             keys.push(entry.key.as_deref());
             ats.push(nanos(entry)?);
             bodies.push(encode(entry)?);
-            answers.push(entry.answer.as_deref());
+            answers.push(entry.answer.map(|a| a.text()));
         }
         let mut tx = self.client.transaction().map_err(backend)?;
         // FOR SHARE blocks a takeover's epoch bump until this batch is in,

@@ -24,11 +24,17 @@ fn backend(e: rusqlite::Error) -> JournalError {
     JournalError::Backend(format!("sqlite: {e}"))
 }
 
+/// Page cache of each connection, in KiB.
+const CACHE_KIB: i64 = 64 * 1024;
+
 fn connect(path: &str) -> Result<Connection, JournalError> {
     let conn = Connection::open(path).map_err(backend)?;
     conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(backend)?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
     conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
+    // Pages of the journal's indexes stay in the connection's cache (the
+    // default 2 MiB reads them back from the OS on every batch).
+    conn.pragma_update(None, "cache_size", -CACHE_KIB).map_err(backend)?;
     Ok(conn)
 }
 
@@ -100,7 +106,7 @@ fn push_row(values: &mut Vec<rusqlite::types::Value>, entry: &JournalEntry) -> R
     values.push(entry.key.clone().map_or(Value::Null, Value::Text));
     values.push(Value::Integer(nanos(entry)?));
     values.push(Value::Text(encode(entry)?));
-    values.push(entry.answer.clone().map_or(Value::Null, Value::Text));
+    values.push(entry.answer.map_or(Value::Null, |a| Value::Text(a.text())));
     values.push(
         entry
             .event
@@ -156,6 +162,69 @@ pub struct SqliteJournal {
     conn: Connection,
     epoch: i64,
     path: String,
+    /// The writer's journal checkpoints the WAL on a thread of its own.
+    checkpointer: Option<Checkpointer>,
+}
+
+/// WAL size past which the checkpoint thread copies pages back into the
+/// database file (without waiting for anyone).
+const CHECKPOINT_AT: u64 = 32 << 20;
+/// WAL size past which the checkpoint thread waits for a moment without
+/// writers to copy everything and start the WAL over: under load that
+/// never pauses, passive checkpoints alone may never catch up.
+const CHECKPOINT_HARD: u64 = 1 << 30;
+/// How often the checkpoint thread looks at the WAL.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Copies the WAL back into the database file off the commit path: a
+/// commit never pays for a checkpoint (SQLite's automatic checkpoint runs
+/// in the connection whose commit crossed the threshold, stalling it for
+/// as long as the copy takes).
+struct Checkpointer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &str) -> Result<Checkpointer, JournalError> {
+        let conn = connect(path)?;
+        let wal = format!("{path}-wal");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("ledger-checkpoint".into())
+            .spawn(move || {
+                while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(CHECKPOINT_EVERY);
+                    let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+                    let mode = match size {
+                        s if s >= CHECKPOINT_HARD => "RESTART",
+                        s if s >= CHECKPOINT_AT => "PASSIVE",
+                        _ => continue,
+                    };
+                    let done = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                    });
+                    if let Err(e) = done {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; the next one tries again");
+                    }
+                }
+            })
+            .map_err(|e| JournalError::Backend(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Checkpointer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl SqliteJournal {
@@ -168,8 +237,20 @@ impl SqliteJournal {
             conn,
             epoch: 0,
             path: path.to_string(),
+            checkpointer: None,
         };
         journal.migrate()?;
+        // Checkpoints happen on the checkpoint thread; a WAL that was
+        // reset is cut back to this size.
+        journal
+            .conn
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(backend)?;
+        journal
+            .conn
+            .pragma_update(None, "journal_size_limit", CHECKPOINT_AT as i64)
+            .map_err(backend)?;
+        journal.checkpointer = Some(Checkpointer::start(path)?);
         journal.epoch = journal
             .conn
             .query_row(
@@ -187,6 +268,7 @@ impl SqliteJournal {
             conn: connect(&self.path)?,
             epoch: self.epoch,
             path: self.path.clone(),
+            checkpointer: None,
         })
     }
 
@@ -273,7 +355,7 @@ impl Journal for SqliteJournal {
                         entry.key,
                         nanos(entry)?,
                         encode(entry)?,
-                        entry.answer,
+                        entry.answer.map(|a| a.text()),
                         entry.event.hold_id()
                     ])
                     .map_err(backend)?;

@@ -586,10 +586,12 @@ impl Writer {
 
     /// Applies a batch and hands it to the commit thread.
     fn batch(&mut self, jobs: &mut Vec<Job>) {
-        let mut entries: Vec<JournalEntry> = Vec::new();
+        let mut entries: Vec<JournalEntry> = Vec::with_capacity(jobs.len() + 16);
         let mut replies = Vec::with_capacity(jobs.len());
         let shared = self.shared.clone();
         let mut state = shared.state.write().unwrap_or_else(|p| p.into_inner());
+        // One time for the batch: its commands are answered together.
+        let now = self.clock.now();
         let mut rest = jobs.drain(..);
         while let Some(mut job) = rest.next() {
             let command = std::mem::replace(&mut job.command, Command::Tick { account: None });
@@ -612,7 +614,7 @@ impl Writer {
                     continue;
                 }
             };
-            let result = state.handle_recalled(command, self.clock.now(), &mut entries, recalled);
+            let result = state.handle_recalled(command, now, &mut entries, recalled);
             replies.push((job.reply, result));
         }
         drop(rest);

@@ -249,7 +249,7 @@ pub(super) fn settle(
         }
         HoldState::Open | HoldState::Expired => {}
     }
-    check_room(acct, &hold.member, credits, charge)?;
+    check_room(acct, acct.members.position(&hold.member), credits, charge)?;
     let mut settled = hold.clone();
     catch_up(em, &account)?;
     em.emit(

@@ -326,6 +326,12 @@ impl Account {
     /// A member with its tally moved to the current cycle; the figures of
     /// the cycle it leaves go to its history.
     fn member_entry(&mut self, user_id: &str) -> Option<&mut Member> {
+        let row = self.members.position(user_id)?;
+        Some(self.member_at(row))
+    }
+
+    /// [`Account::member_entry`] by row.
+    fn member_at(&mut self, row: u32) -> &mut Member {
         let cycle = self.cycle.number;
         let Account {
             id,
@@ -334,17 +340,17 @@ impl Account {
             archive,
             ..
         } = self;
-        let member = members.get_mut(user_id)?;
+        let member = members.at_mut(row);
         if let Some((first, last, record)) = member.roll(cycle, &settings.default_group) {
             archive.push(Archived::Member {
                 account: id.clone(),
-                user_id: user_id.to_string(),
+                user_id: member.user_id().to_string(),
                 first,
                 last,
                 record,
             });
         }
-        Some(member)
+        member
     }
 
     /// The one place a member's figures change. Its group follows while
@@ -353,9 +359,14 @@ impl Account {
     /// debit, removed members included; grants raise member and group
     /// headroom, never the account limit).
     fn post(&mut self, user_id: &str, p: Posting) {
-        let Some(member) = self.member_entry(user_id) else {
-            return;
-        };
+        if let Some(row) = self.members.position(user_id) {
+            self.post_at(row, p);
+        }
+    }
+
+    /// [`Account::post`] by row.
+    fn post_at(&mut self, row: u32, p: Posting) {
+        let member = self.member_at(row);
         let t = &mut member.tally;
         t.used += p.used;
         t.cost_usd = t.cost_usd.saturating_add(p.cost_usd);
@@ -652,7 +663,7 @@ impl State {
                 let acct = self.accounts.get(account.as_str())?;
                 let record = match acct.keys.get(key) {
                     Some(record) => Some(record),
-                    None if recalled.key.is_none() && acct.keys.maybe_past(key) => {
+                    None if recalled.key.is_none() && acct.keys.in_filters(key) => {
                         return Some(Recall::Key { account, key });
                     }
                     None => recalled.key.as_ref().and_then(Option::as_ref),

@@ -8,7 +8,7 @@ use super::{at_most, past_total, Account, Emitter, Posting, MAX_EVENT_AMOUNT, MA
 use crate::amount::Amount;
 use crate::ledger::costs::{Labels, Spend};
 use crate::ledger::error::LedgerError;
-use crate::ledger::keys::{stored_receipt, Fingerprint, KeyAnswer, KeyRecord};
+use crate::ledger::keys::{Fingerprint, KeyAnswer, KeyRecord};
 use crate::ledger::model::*;
 use crate::ledger::numbers;
 
@@ -29,12 +29,14 @@ pub(super) fn record(
     charge.validate()?;
     labels.validate()?;
     let acct = em.state.active_account(&account)?;
+    // One look-up of the member for everything below.
+    let row = acct.members.position(&member);
     // A replay answers the first answer, whatever changed since (a
     // creditFactor change must not turn a retry into a 400).
     if let Some(record) = em.key_record(acct, &key) {
         let same = record
             .fingerprint
-            .matches(&member, &fingerprint_usage(acct, &member, charge, &labels));
+            .matches(&member, &Fingerprint::new(0, &member, row, charge, 0, labels.digest()));
         return match (&record.answer, same) {
             (KeyAnswer::Usage(receipt), true) => Ok(Outcome::Usage(UsageReceipt {
                 duplicate: true,
@@ -44,10 +46,10 @@ pub(super) fn record(
         };
     }
     let credits = credits_for(acct, charge)?;
-    if !acct.members.contains_key(&member) {
+    let Some(row) = row else {
         return Err(LedgerError::UnknownMember(member));
-    }
-    check_room(acct, &member, credits, charge)?;
+    };
+    check_room(acct, Some(row), credits, charge)?;
     catch_up(em, &account)?;
     let event = Event::UsageRecorded {
         member,
@@ -76,11 +78,14 @@ pub(super) fn apply(account: &mut Account, entry: &JournalEntry) {
         return;
     };
     let spend = spend_of(*charge, *credits);
-    account.post(member, Posting::spend(spend));
+    let row = account.members.position(member);
+    if let Some(row) = row {
+        account.post_at(row, Posting::spend(spend));
+    }
     account.costs.record(labels, spend);
     if let Some(key) = &entry.key {
-        let receipt = usage_receipt(account, member, *credits);
-        let fingerprint = fingerprint_usage(account, member, *charge, labels);
+        let receipt = usage_receipt(account, row, *credits);
+        let fingerprint = Fingerprint::new(0, member, row, *charge, 0, labels.digest());
         account.keys.insert(
             key.clone(),
             KeyRecord {
@@ -135,12 +140,15 @@ pub(super) fn charge_field(charge: Charge) -> &'static str {
 /// Refuses a debit that would push the cycle's usage of the member or of
 /// the account past [`MAX_TOTAL`] (ten million events at the per-event
 /// ceiling: no real cycle gets there).
-pub(super) fn check_room(account: &Account, user_id: &str, credits: Amount, charge: Charge) -> Result<(), LedgerError> {
+pub(super) fn check_room(
+    account: &Account,
+    row: Option<u32>,
+    credits: Amount,
+    charge: Charge,
+) -> Result<(), LedgerError> {
     let cycle = account.cycle.number;
-    let member_used = account
-        .members
-        .get(user_id)
-        .map(|m| m.tally.at(cycle).used)
+    let member_used = row
+        .map(|row| account.members.at(row).tally.at(cycle).used)
         .unwrap_or_default();
     if past_total(account.used, credits) || past_total(member_used, credits) {
         return Err(LedgerError::field(
@@ -168,10 +176,10 @@ pub(super) fn fingerprint_usage(account: &Account, member: &str, charge: Charge,
 }
 
 /// A usage's answer: the member's used and remaining right after it.
-fn usage_receipt(account: &Account, user_id: &str, credits: Amount) -> UsageReceipt {
-    let (member_used, member_remaining) = match account.members.get(user_id) {
-        Some(m) => {
-            let s = numbers::standing(m, account.cycle.number);
+fn usage_receipt(account: &Account, row: Option<u32>, credits: Amount) -> UsageReceipt {
+    let (member_used, member_remaining) = match row {
+        Some(row) => {
+            let s = numbers::standing(account.members.at(row), account.cycle.number);
             (s.used, s.remaining)
         }
         None => (Amount::ZERO, Amount::ZERO),
@@ -204,9 +212,8 @@ impl Account {
                 answer: KeyAnswer::Usage(
                     entry
                         .answer
-                        .as_deref()
-                        .and_then(|a| stored_receipt(*credits, a))
-                        .unwrap_or_else(|| usage_receipt(self, member, *credits)),
+                        .map(|a| a.receipt(*credits))
+                        .unwrap_or_else(|| usage_receipt(self, self.members.position(member), *credits)),
                 ),
             }),
             Event::HoldOpened {
