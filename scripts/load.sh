@@ -7,7 +7,9 @@
 #   scripts/load.sh target/release/credit-operator
 #
 # LOAD_SECONDS (20), LOAD_MEMBERS (1000) and LOAD_THREADS (2) change the
-# run. The server and wrk share this machine's cores.
+# run; LOAD_METRICS=1 also prints the server's own commit and request
+# histograms after the usage run. The server and wrk share this machine's
+# cores.
 set -euo pipefail
 bin=$(realpath "${1:?usage: scripts/load.sh PATH_TO_BINARY}")
 seconds=${LOAD_SECONDS:-20}
@@ -96,6 +98,7 @@ run() { # endpoint connections
 }
 usage=$(run usage 128)
 echo "$usage"
+if [ -n "${LOAD_METRICS:-}" ]; then curl -fsS "$base/metrics" | grep -E "^credits_(ledger_commit_seconds|http_request_seconds.*usage)" >&2; fi
 run authorize 64
 # Every acknowledged usage is in the ledger once: 0.5 credits each. (wrk
 # counts a request cut off by the end of the run as sent; such a usage may

@@ -590,12 +590,12 @@ fn http(ledger: &Ledger, options: &BenchOptions) -> Result<(u64, u64, f64, f64),
         .enable_all()
         .build()
         .map_err(io)?;
-    let state = AppState {
+    let state = AppState::new(api::Services {
         ledger: ledger.clone(),
         auth: Arc::new(api::auth::Auth::Local),
         metrics: Metrics::default(),
         directory: Arc::new(NoDirectory),
-    };
+    });
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
         let address = listener.local_addr().map_err(io)?;

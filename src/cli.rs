@@ -269,9 +269,30 @@ fn load_tokens(file: Option<PathBuf>) -> Result<Option<credit_operator::api::aut
         })
 }
 
+/// Threads that serve HTTP: `TOKIO_WORKER_THREADS` when set, else one
+/// less than the cores this process may use (at least one). The ledger's
+/// writer and commit threads take the rest: at full load they keep about a
+/// core busy, and with a worker per core the three compete for every core,
+/// which on two cores tripled authorize's p99 (docs/performance.md).
+fn http_workers() -> usize {
+    if let Some(n) = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        return n;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.saturating_sub(1).max(1)
+}
+
 /// Runs a long-lived process on a multi-threaded runtime.
 fn serve<E: std::fmt::Display>(process: impl std::future::Future<Output = Result<(), E>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(http_workers())
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

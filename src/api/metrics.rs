@@ -24,6 +24,13 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
+/// A route and method (the duration histogram leaves the status out).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+    pub method: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AccountLabels {
     account: String,
@@ -54,6 +61,8 @@ struct PhaseLabels {
 #[derive(Clone)]
 pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
+    /// Time from a request's arrival to its answer, by route.
+    pub http_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
     batch_size: Histogram,
     commit_seconds: Histogram,
 }
@@ -62,6 +71,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             http_requests: Family::default(),
+            http_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16))),
             batch_size: Histogram::new(exponential_buckets(1.0, 4.0, 8)),
             commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
         }
@@ -90,6 +100,11 @@ impl Metrics {
             "http_requests",
             "HTTP requests by route, method and status",
             self.http_requests.clone(),
+        );
+        registry.register(
+            "http_request_seconds",
+            "Time from a request's arrival to its answer, by route and method",
+            self.http_seconds.clone(),
         );
         registry.register(
             "ledger_batch_size",

@@ -89,13 +89,31 @@ pub trait Directory: Send + Sync + 'static {
     }
 }
 
-/// Everything a handler needs.
+/// Everything a handler needs, behind one reference count: each request
+/// clones it several times (middleware and handler), and one atomic
+/// increment is much cheaper under load than one per part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+/// What [`AppState`] holds.
+pub struct Services {
     pub ledger: Ledger,
     pub auth: Arc<auth::Auth>,
     pub metrics: Metrics,
     pub directory: Arc<dyn Directory>,
+}
+
+impl AppState {
+    pub fn new(services: Services) -> AppState {
+        AppState(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
 }
 
 /// The whole API.
@@ -165,13 +183,20 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
     let method = request.method().to_string();
+    let started = std::time::Instant::now();
     let response = next.run(request).await;
+    let took = started.elapsed().as_secs_f64();
     let labels = metrics::HttpLabels {
         route,
         method,
         status: response.status().as_u16(),
     };
     state.metrics.http_requests.get_or_create(&labels).inc();
+    let route = metrics::RouteLabels {
+        route: labels.route,
+        method: labels.method,
+    };
+    state.metrics.http_seconds.get_or_create(&route).observe(took);
     response
 }
 

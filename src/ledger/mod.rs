@@ -26,6 +26,20 @@ pub mod state;
 pub mod writer;
 
 pub use error::LedgerError;
+
+/// Lowers the calling thread's scheduling priority (nice 10): for work
+/// that may wait (checkpoints, snapshots) so that it never competes with
+/// requests for a core. Raising a thread's niceness needs no privilege;
+/// where it fails anyway, the thread simply keeps its priority.
+pub(crate) fn background_thread() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority take no pointers; on Linux a thread
+    // id names one thread for PRIO_PROCESS.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
 pub use model::*;
 pub use numbers::{AccountFigures, Authorization, GroupFigures, MemberFigures, Scope};
 pub use state::State;

@@ -167,14 +167,16 @@ pub struct SqliteJournal {
 }
 
 /// WAL size past which the checkpoint thread copies pages back into the
-/// database file (without waiting for anyone).
+/// database file, without waiting for anyone, as they come.
 const CHECKPOINT_AT: u64 = 32 << 20;
-/// WAL size past which the checkpoint thread waits for a moment without
-/// writers to copy everything and start the WAL over: under load that
-/// never pauses, passive checkpoints alone may never catch up.
-const CHECKPOINT_HARD: u64 = 1 << 30;
+/// WAL content past which the checkpoint thread starts the WAL over (and
+/// the file is cut back to this size). Starting over takes the write lock
+/// for a last copy and a flush of the database file: a pause of the
+/// commits, as SQLite's own checkpoints make at every 4 MiB, here once per
+/// 256 MiB of WAL (seconds apart at full load).
+const RESTART_AT: u64 = 256 << 20;
 /// How often the checkpoint thread looks at the WAL.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Copies the WAL back into the database file off the commit path: a
 /// commit never pays for a checkpoint (SQLite's automatic checkpoint runs
@@ -188,6 +190,8 @@ struct Checkpointer {
 impl Checkpointer {
     fn start(path: &str) -> Result<Checkpointer, JournalError> {
         let conn = connect(path)?;
+        let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(backend)?;
+        let page = page.max(512) as u64;
         let wal = format!("{path}-wal");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopping = stop.clone();
@@ -197,16 +201,41 @@ impl Checkpointer {
                 while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::sleep(CHECKPOINT_EVERY);
                     let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-                    let mode = match size {
-                        s if s >= CHECKPOINT_HARD => "RESTART",
-                        s if s >= CHECKPOINT_AT => "PASSIVE",
-                        _ => continue,
-                    };
-                    let done = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-                    });
-                    if let Err(e) = done {
-                        tracing::warn!(error = %e, "WAL checkpoint failed; the next one tries again");
+                    if size < CHECKPOINT_AT {
+                        continue;
+                    }
+                    // Copy without holding anyone up. A WAL only starts
+                    // over when a checkpoint copied every frame and no
+                    // commit came meanwhile, which under steady load never
+                    // happens by itself: once the copy has caught up with
+                    // a WAL past RESTART_AT, a RESTART takes the write lock
+                    // between two commits to copy the last frames and
+                    // start the WAL over.
+                    for mode in ["PASSIVE", "RESTART"] {
+                        let started = std::time::Instant::now();
+                        let done = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                        });
+                        match done {
+                            Ok((busy, frames, copied)) => {
+                                tracing::debug!(
+                                    mode,
+                                    wal_bytes = size,
+                                    frames,
+                                    copied,
+                                    busy,
+                                    millis = started.elapsed().as_millis() as u64,
+                                    "WAL checkpoint"
+                                );
+                                if copied < frames || (frames.max(0) as u64) * page < RESTART_AT {
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "WAL checkpoint failed; the next one tries again");
+                                break;
+                            }
+                        }
                     }
                 }
             })
@@ -248,7 +277,7 @@ impl SqliteJournal {
             .map_err(backend)?;
         journal
             .conn
-            .pragma_update(None, "journal_size_limit", CHECKPOINT_AT as i64)
+            .pragma_update(None, "journal_size_limit", RESTART_AT as i64)
             .map_err(backend)?;
         journal.checkpointer = Some(Checkpointer::start(path)?);
         journal.epoch = journal

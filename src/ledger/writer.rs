@@ -56,6 +56,9 @@ const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// How often the writer looks for a failed commit while batches are in
 /// flight and no command comes.
 const FAILURE_POLL: Duration = Duration::from_millis(1);
+/// A commit that takes longer is logged: every caller of its batch, and
+/// of the batches behind it, waited that long.
+const SLOW_COMMIT: Duration = Duration::from_millis(50);
 /// Longest a read of a closed cycle waits for the commits in flight.
 const DURABLE_WAIT: Duration = Duration::from_secs(10);
 
@@ -755,7 +758,10 @@ impl Writer {
         }
         let attached = self.shared.journal().attach();
         let handle = attached.map(|mut attached| {
-            std::thread::spawn(move || attached.save_snapshot(&copy).map(|bytes| (started.elapsed(), bytes)))
+            std::thread::spawn(move || {
+                super::background_thread();
+                attached.save_snapshot(&copy).map(|bytes| (started.elapsed(), bytes))
+            })
         });
         match (handle, request) {
             (Ok(handle), None) => self.snapshotter = Some(handle),
@@ -804,6 +810,13 @@ fn commit_loop(shared: Arc<Shared>, observer: Option<CommitObserver>, rx: Receiv
             let took = started.elapsed();
             if let (Ok(()), Some(observe)) = (&r, &observer) {
                 observe(entries.len(), took);
+            }
+            if took >= SLOW_COMMIT {
+                tracing::warn!(
+                    millis = took.as_millis() as u64,
+                    entries = entries.len(),
+                    "slow journal commit (the disk's flush)"
+                );
             }
             {
                 let micros = took.as_micros() as u64;

@@ -275,7 +275,7 @@ async fn serve(
         .map_err(|e| RunError::Listen(options.listen, e))?;
     tracing::info!(address = %options.listen, backend = ledger.backend(), "credit-operator running");
     let client_for_label = client.clone();
-    let state = AppState {
+    let state = AppState::new(api::Services {
         ledger: ledger.clone(),
         auth: Arc::new(match options.tokens {
             Some(tokens) => api::auth::Auth::Tokens(tokens),
@@ -289,7 +289,7 @@ async fn serve(
             client,
             ledger: ledger.clone(),
         }),
-    };
+    });
     let mut server_stop = stop_rx.clone();
     let served = async {
         api::serve::serve(listener, api::router(state), async move {

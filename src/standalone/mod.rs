@@ -453,12 +453,12 @@ pub async fn run(options: Options) -> Result<(), StartError> {
         })
     };
 
-    let state = AppState {
+    let state = AppState::new(api::Services {
         ledger: ledger.clone(),
         auth: Arc::new(options.tokens.map_or(api::auth::Auth::Local, api::auth::Auth::Tokens)),
         metrics,
         directory: Arc::new(FolderDirectory(folder)),
-    };
+    });
     let served = api::serve::serve(listener, api::router(state), shutdown_signal()).await;
     poller.abort();
     tokio::task::spawn_blocking(move || ledger.shutdown()).await.ok();
