@@ -1,15 +1,24 @@
 //! Deterministic simulation of the ledger state machine.
 //!
 //! Each seed drives random gateways and admins against one `State`, with
-//! crashes between commit and answer, torn batches (a commit that never
-//! happened), retries of old idempotency keys and clock jumps across cycle
-//! boundaries. After every step the invariants are checked:
+//! commits that land unanswered (a crash, a connection dropped after the
+//! commit), torn batches (a failed commit, a connection dropped before
+//! it), snapshots of the durable state taken during the load and used by
+//! every reload, retries of old idempotency keys and clock jumps across
+//! cycle boundaries. After every step the invariants are checked:
 //!
 //! - no scope spends past its limit through authorize + hold + settle;
 //! - every idempotency key is in the journal at most once, and every
 //!   acknowledged key exactly once;
-//! - replaying the durable journal gives the live state;
+//! - replaying the durable journal gives the live state, and so does the
+//!   newest snapshot with the journal after it;
 //! - the numbers keep their identities.
+//!
+//! The second part runs the ledger's real writer and commit threads on a
+//! real journal (SQLite, and PostgreSQL when configured) that fails
+//! commits and reconnects, while gateways stream and retry, snapshots are
+//! taken and the clock crosses boundaries; see `writer_under_faults`.
+//! `SIM_FAULT_SEEDS=N` runs more of its seeds (default 3).
 //!
 //! A failure names its seed; `SIM_SEED=N cargo test --test simulation`
 //! replays it exactly. `SIM_SEEDS=N` runs more seeds (default 2000).
@@ -134,6 +143,9 @@ struct Sim {
     next_key: u64,
     /// How often each (account, key) is in the durable journal.
     journal_keys: HashMap<(String, String), usize>,
+    /// The newest snapshot of the durable state: how many entries it
+    /// covers, and its stored form.
+    snapshot: Option<(usize, String)>,
 }
 
 impl Sim {
@@ -153,7 +165,29 @@ impl Sim {
             holds: Vec::new(),
             next_key: 0,
             journal_keys: HashMap::new(),
+            snapshot: None,
         }
+    }
+
+    /// A reload after a failed or unanswered commit, as the writer does
+    /// it: the newest snapshot and the journal after it, which must be
+    /// exactly what a replay of the whole journal gives.
+    fn reload(&mut self, step: usize) -> State {
+        let full = replay(&self.durable);
+        if let Some((covered, body)) = &self.snapshot {
+            let mut recovered = journal::decode_snapshot(*covered as u64, body)
+                .unwrap_or_else(|e| self.fail(step, &format!("snapshot: {e}")));
+            for e in &self.durable[*covered..] {
+                recovered.apply(e);
+            }
+            if recovered != full {
+                self.fail(
+                    step,
+                    "the snapshot and the journal after it differ from a replay of the whole journal",
+                );
+            }
+        }
+        full
     }
 
     fn fail(&self, step: usize, what: &str) -> ! {
@@ -187,9 +221,10 @@ impl Sim {
         }
         let fate = self.rng.below(100);
         if fate < 8 {
-            // Torn batch: nothing reached the journal; the writer reloads
-            // from it and every caller gets an error, so gateways retry.
-            self.live = replay(&self.durable);
+            // Torn batch (a failed commit, a dropped connection): nothing
+            // reached the journal; the writer reloads from it and every
+            // caller gets an error, so gateways retry.
+            self.live = self.reload(step);
             for (_, usage, _) in answers {
                 self.unanswered.extend(usage);
             }
@@ -201,9 +236,15 @@ impl Sim {
             }
         }
         self.durable.extend(out);
+        if self.rng.chance(5) {
+            // A snapshot of what is durable, taken while the load goes on.
+            let body = journal::encode_snapshot(&replay(&self.durable)).unwrap();
+            self.snapshot = Some((self.durable.len(), body));
+        }
         if fate < 16 {
-            // Crash after the commit, before any answer: recover by replay.
-            self.live = replay(&self.durable);
+            // The commit landed but no caller heard of it (a crash, a
+            // connection dropped after the commit): recover.
+            self.live = self.reload(step);
             for (_, usage, _) in answers {
                 self.unanswered.extend(usage);
             }
@@ -478,4 +519,385 @@ fn the_same_seed_replays_exactly() {
     };
     assert_eq!(a, b);
     assert!(a.len() > 100, "the simulation did something: {} entries", a.len());
+}
+
+// ---------------------------------------------------------------------
+// The real writer under storage faults.
+//
+// The state machine above is simulated alone. Here the ledger's own
+// writer and commit threads run against a real journal whose commits
+// fail now and then: before anything is written (a full disk), after
+// the transaction committed but before the writer heard of it (a dropped
+// connection), with reconnects that fail too. Gateways retry until they
+// are answered, snapshots are taken while they stream, and the clock
+// crosses cycle boundaries. At the end:
+//
+// - every acknowledged usage is in the journal exactly once, and nothing
+//   else is;
+// - every settled hold was settled once, for the amount acknowledged;
+// - the live figures equal a fresh replay of the journal.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use credit_operator::clock::ManualClock;
+use credit_operator::ledger::journal::{self, Journal, JournalError};
+use credit_operator::ledger::writer::LedgerOptions;
+
+/// What the faulty journal did, and its dice.
+struct Faults {
+    rng: Mutex<Rng>,
+    /// Percent of commits that fail before writing, and after.
+    before_percent: u64,
+    after_percent: u64,
+    failed_before: AtomicU64,
+    failed_after: AtomicU64,
+    failed_reconnects: AtomicU64,
+    commits: AtomicU64,
+}
+
+impl Faults {
+    fn roll(&self, percent: u64) -> bool {
+        self.rng.lock().unwrap().chance(percent)
+    }
+}
+
+/// A real journal whose commits and reconnects fail as [`Faults`] says.
+struct Faulty {
+    inner: Box<dyn Journal>,
+    faults: Arc<Faults>,
+    /// Reconnects to fail before one succeeds (at most two in a row).
+    failing: u64,
+}
+
+impl Journal for Faulty {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    fn epoch(&self) -> i64 {
+        self.inner.epoch()
+    }
+    fn attach(&self) -> Result<Box<dyn Journal>, JournalError> {
+        self.inner.attach()
+    }
+    fn append(&mut self, entries: &[JournalEntry]) -> Result<(), JournalError> {
+        self.faults.commits.fetch_add(1, Ordering::SeqCst);
+        if self.faults.roll(self.faults.before_percent) {
+            self.faults.failed_before.fetch_add(1, Ordering::SeqCst);
+            self.failing = u64::from(self.faults.roll(50)) + u64::from(self.faults.roll(25));
+            return Err(JournalError::Backend(
+                "injected: the commit failed before writing".into(),
+            ));
+        }
+        self.inner.append(entries)?;
+        if self.faults.roll(self.faults.after_percent) {
+            self.faults.failed_after.fetch_add(1, Ordering::SeqCst);
+            self.failing = u64::from(self.faults.roll(50));
+            return Err(JournalError::Backend(
+                "injected: the connection dropped after the commit".into(),
+            ));
+        }
+        Ok(())
+    }
+    fn reconnect(&mut self) -> Result<(), JournalError> {
+        if self.failing > 0 {
+            self.failing -= 1;
+            self.faults.failed_reconnects.fetch_add(1, Ordering::SeqCst);
+            return Err(JournalError::Backend("injected: the database is unreachable".into()));
+        }
+        self.inner.reconnect()
+    }
+    fn archive(&mut self, records: &[history::Archived]) -> Result<(), JournalError> {
+        self.inner.archive(records)
+    }
+    fn history_from(&mut self) -> Result<u64, JournalError> {
+        self.inner.history_from()
+    }
+    fn closed_cycle(&mut self, account: &str, number: u64) -> Result<Option<state::ClosedCycle>, JournalError> {
+        self.inner.closed_cycle(account, number)
+    }
+    fn member_cycles(
+        &mut self,
+        account: &str,
+        cycle: u64,
+        user_ids: &[&str],
+    ) -> Result<HashMap<String, (u64, state::MemberCycle)>, JournalError> {
+        self.inner.member_cycles(account, cycle, user_ids)
+    }
+    fn find_hold(&mut self, account: &str, id: &str) -> Result<Vec<JournalEntry>, JournalError> {
+        self.inner.find_hold(account, id)
+    }
+    fn latest_snapshot(&mut self) -> Result<Option<State>, JournalError> {
+        self.inner.latest_snapshot()
+    }
+    fn replay_after(&mut self, seq: u64, f: &mut dyn FnMut(JournalEntry)) -> Result<(), JournalError> {
+        self.inner.replay_after(seq, f)
+    }
+    fn find_key(&mut self, account: &str, key: &str) -> Result<Option<JournalEntry>, JournalError> {
+        self.inner.find_key(account, key)
+    }
+    fn save_snapshot(&mut self, state: &State) -> Result<u64, JournalError> {
+        self.inner.save_snapshot(state)
+    }
+}
+
+const FAULTED: &str = "sim/faulted";
+
+/// Runs `command` until the ledger answers it with something other than
+/// a storage error or a full queue: what a gateway does.
+fn until_answered(ledger: &Ledger, command: &Command) -> Result<Outcome, LedgerError> {
+    for _ in 0..10_000 {
+        match ledger.execute_blocking(command.clone()) {
+            Err(LedgerError::Storage(_)) | Err(LedgerError::Busy(_)) => {
+                std::thread::sleep(std::time::Duration::from_millis(2))
+            }
+            other => return other,
+        }
+    }
+    panic!("{command:?} was never answered");
+}
+
+fn writer_under_faults(db: &support::Db, seed: u64) {
+    let faults = Arc::new(Faults {
+        rng: Mutex::new(Rng(seed)),
+        before_percent: 3,
+        after_percent: 3,
+        failed_before: AtomicU64::new(0),
+        failed_after: AtomicU64::new(0),
+        failed_reconnects: AtomicU64::new(0),
+        commits: AtomicU64::new(0),
+    });
+    let start: Timestamp = "2026-03-01T00:00:00Z".parse().unwrap();
+    let clock = ManualClock::new(start);
+    let journal = Faulty {
+        inner: journal::open(&db.url).unwrap(),
+        faults: faults.clone(),
+        failing: 0,
+    };
+    let options = LedgerOptions {
+        snapshot_every: 400,
+        ..LedgerOptions::default()
+    };
+    let ledger = Ledger::start(Box::new(journal), Arc::new(clock.clone()), options.clone()).unwrap();
+    let settings = AccountSettings::new(
+        Amount::from_int(1_000_000_000),
+        "1d",
+        "UTC",
+        Amount::from_int(10),
+        Amount::ZERO,
+        "default",
+    )
+    .unwrap();
+    let setup = std::iter::once(Command::ApplyAccount {
+        account: FAULTED.into(),
+        settings,
+    })
+    .chain(std::iter::once(Command::ApplyGroup {
+        account: FAULTED.into(),
+        name: "default".into(),
+        settings: GroupSettings::new(Amount::from_int(1_000_000_000), Amount::ZERO, Amount::ZERO).unwrap(),
+    }))
+    .chain((0..MEMBERS * 3).map(|i| Command::ApplyMember {
+        account: FAULTED.into(),
+        member: MemberSpec {
+            name: format!("m{i}"),
+            user_id: format!("u{i}"),
+            email: format!("m{i}@sim"),
+            display_name: format!("M{i}"),
+            group: None,
+            monthly_credits: Some(Amount::from_int(10_000_000)),
+            extra_credits: Amount::ZERO,
+        },
+    }));
+    for command in setup {
+        until_answered(&ledger, &command).unwrap();
+    }
+
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Gateways: usage with keys of their own, each retried until answered;
+    // now and then an answered key again, which must answer the same.
+    let gateways: Vec<_> = (0..4u64)
+        .map(|g| {
+            let ledger = ledger.clone();
+            std::thread::spawn(move || {
+                let mut rng = Rng(seed ^ (g + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
+                let mut acked: HashMap<String, (Amount, UsageReceipt)> = HashMap::new();
+                for i in 0..250u64 {
+                    let key = format!("g{g}-{i}");
+                    let credits = amount(1 + rng.below(10_000));
+                    let command = Command::RecordUsage {
+                        account: FAULTED.into(),
+                        member: format!("u{}", rng.below(MEMBERS * 3)),
+                        charge: Charge::Credits(credits),
+                        key: key.clone(),
+                        occurred_at: None,
+                        labels: Default::default(),
+                    };
+                    let Outcome::Usage(receipt) = until_answered(&ledger, &command).unwrap() else {
+                        panic!("usage answered with something else")
+                    };
+                    // A first answer after a commit that landed but whose
+                    // caller heard a failure is already a duplicate.
+                    let first = UsageReceipt {
+                        duplicate: false,
+                        ..receipt
+                    };
+                    acked.insert(key.clone(), (credits, first.clone()));
+                    if rng.chance(10) {
+                        let Outcome::Usage(again) = until_answered(&ledger, &command).unwrap() else {
+                            panic!()
+                        };
+                        assert!(again.duplicate, "seed {seed}: {key} debited twice");
+                        assert_eq!(
+                            UsageReceipt {
+                                duplicate: false,
+                                ..again
+                            },
+                            first,
+                            "seed {seed}: {key} answered differently"
+                        );
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    // Holds opened and settled, each step retried until answered.
+    let holder = {
+        let ledger = ledger.clone();
+        std::thread::spawn(move || {
+            let mut rng = Rng(seed.wrapping_add(77));
+            let mut settled: HashMap<String, Amount> = HashMap::new();
+            for i in 0..60u64 {
+                let open = Command::OpenHold {
+                    account: FAULTED.into(),
+                    member: format!("u{}", rng.below(MEMBERS * 3)),
+                    charge: Charge::Credits(Amount::from_int(100)),
+                    ttl_seconds: 7 * 86_400,
+                    key: format!("h{i}"),
+                };
+                let Outcome::Hold(hold) = until_answered(&ledger, &open).unwrap() else {
+                    panic!()
+                };
+                let credits = amount(1 + rng.below(10_000));
+                let settle = Command::SettleHold {
+                    account: FAULTED.into(),
+                    id: hold.id.clone(),
+                    charge: Charge::Credits(credits),
+                    labels: Default::default(),
+                };
+                let Outcome::Hold(h) = until_answered(&ledger, &settle).unwrap() else {
+                    panic!()
+                };
+                assert_eq!(
+                    (h.state, h.settled_credits),
+                    (HoldState::Settled, Some(credits)),
+                    "seed {seed}"
+                );
+                settled.insert(hold.id, credits);
+            }
+            settled
+        })
+    };
+    // Snapshots while they stream, and the clock crossing boundaries.
+    let background = {
+        let (ledger, clock, done) = (ledger.clone(), clock.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut snapshots = 0;
+            while !done.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(15));
+                snapshots += u32::from(ledger.snapshot_blocking().is_ok());
+                clock.advance(SignedDuration::from_hours(3));
+            }
+            snapshots
+        })
+    };
+    let mut acked: HashMap<String, (Amount, UsageReceipt)> = HashMap::new();
+    for g in gateways {
+        acked.extend(g.join().unwrap());
+    }
+    let settled = holder.join().unwrap();
+    done.store(true, Ordering::SeqCst);
+    let snapshots = background.join().unwrap();
+    let live = ledger.read().clone();
+    ledger.shutdown();
+    let (before, after, reconnects, commits) = (
+        faults.failed_before.load(Ordering::SeqCst),
+        faults.failed_after.load(Ordering::SeqCst),
+        faults.failed_reconnects.load(Ordering::SeqCst),
+        faults.commits.load(Ordering::SeqCst),
+    );
+    eprintln!(
+        "seed {seed}: {commits} commits, {before} failed before writing, {after} after, {reconnects} reconnects refused, {snapshots} snapshots, cycle {}",
+        live.accounts[FAULTED].cycle.number
+    );
+    assert!(
+        before > 0 && after > 0,
+        "seed {seed}: the faults happened ({before}, {after})"
+    );
+    assert!(snapshots > 0, "seed {seed}: snapshots were taken during the load");
+    assert!(
+        live.accounts[FAULTED].cycle.number > 2,
+        "seed {seed}: the load crossed boundaries"
+    );
+
+    // The journal holds every acknowledged usage exactly once, nothing
+    // else, and one settlement per settled hold.
+    let mut stored: HashMap<String, (usize, Amount)> = HashMap::new();
+    let mut settlements: HashMap<String, Vec<Amount>> = HashMap::new();
+    let mut reader = journal::open(&db.url).unwrap();
+    reader
+        .replay_after(0, &mut |e| match (&e.key, &e.event) {
+            (Some(key), Event::UsageRecorded { credits, .. }) => {
+                let entry = stored.entry(key.clone()).or_insert((0, *credits));
+                entry.0 += 1;
+            }
+            (_, Event::HoldSettled { id, credits, .. }) => settlements.entry(id.clone()).or_default().push(*credits),
+            _ => {}
+        })
+        .unwrap();
+    drop(reader);
+    for (key, (credits, _)) in &acked {
+        match stored.get(key) {
+            Some((1, c)) => assert_eq!(c, credits, "seed {seed}: {key} stored another amount"),
+            other => panic!("seed {seed}: acknowledged {key} is in the journal as {other:?}"),
+        }
+    }
+    assert_eq!(
+        stored.len(),
+        acked.len(),
+        "seed {seed}: the journal holds usage nobody was told of"
+    );
+    for (id, credits) in &settled {
+        assert_eq!(settlements.get(id), Some(&vec![*credits]), "seed {seed}: hold {id}");
+    }
+    assert_eq!(settlements.len(), settled.len(), "seed {seed}");
+
+    // The live figures are what the journal replays to.
+    let reopened = Ledger::open_with(&db.url, Arc::new(clock.clone()), options).unwrap();
+    let recovered = reopened.read().clone();
+    reopened.shutdown();
+    assert_eq!(
+        recovered, live,
+        "seed {seed}: a replay of the journal differs from the live state"
+    );
+}
+
+#[test]
+fn sqlite_the_writer_under_faults_keeps_every_acknowledged_event_exactly_once() {
+    let seeds: u64 = std::env::var("SIM_FAULT_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    for seed in 0..seeds {
+        writer_under_faults(&support::sqlite_db(), seed);
+    }
+}
+
+#[test]
+fn postgres_the_writer_under_faults_keeps_every_acknowledged_event_exactly_once() {
+    let Some(db) = support::postgres_db() else { return };
+    writer_under_faults(&db, 1);
 }
