@@ -10,6 +10,9 @@
 //!   [`ledger::journal::Journal`] (SQLite or PostgreSQL).
 //! - [`crd`]: the Kubernetes custom resource types (an adapter: the ledger
 //!   never sees them).
+//! - [`desired`]: objects to ledger commands, by the rules both modes
+//!   share; its sources are a manifest folder ([`standalone`]) and the
+//!   Kubernetes API's reflectors ([`operator`]).
 //!
 //! See `docs/ARCHITECTURE.md` for the map.
 
@@ -19,6 +22,7 @@ pub mod bench;
 pub mod clock;
 pub mod crd;
 pub mod cycle;
+pub mod desired;
 pub mod ledger;
 pub mod manifests;
 pub mod operator;

@@ -238,7 +238,8 @@ fn amount(field: &str, text: &str) -> Result<Amount, PluginError> {
     Amount::parse_non_negative(text).map_err(|e| fail(format!("{field}: {e}")))
 }
 
-/// Runs one command; the exit code (0 fine, 1 refused or failed).
+/// Runs one `kubectl credits` command against the API server, reading
+/// confirmations from `input` and writing to `out`.
 pub async fn run(
     cli: Cli,
     client: Client,
@@ -247,383 +248,531 @@ pub async fn run(
     input: &mut dyn BufRead,
     out: &mut dyn Write,
 ) -> Result<(), PluginError> {
-    let ns = namespace;
-    let accounts: Api<CreditAccount> = Api::namespaced(client.clone(), ns);
-    let groups: Api<CreditGroup> = Api::namespaced(client.clone(), ns);
-    let members: Api<MemberAllocation> = Api::namespaced(client.clone(), ns);
-    let requests: Api<CreditRequest> = Api::namespaced(client.clone(), ns);
-    let lp = ListParams::default();
+    let mut session = Session {
+        accounts: Api::namespaced(client.clone(), namespace),
+        groups: Api::namespaced(client.clone(), namespace),
+        members: Api::namespaced(client.clone(), namespace),
+        requests: Api::namespaced(client.clone(), namespace),
+        client,
+        ns: namespace,
+        output: cli.output,
+        colour,
+        input,
+        out,
+    };
     match cli.command {
-        Cmd::Overview { account } => {
-            let list = accounts
-                .list(&lp)
-                .await
-                .map_err(|e| explain(e, "list creditaccounts", ns))?;
-            let acct = match account {
-                Some(name) => list
-                    .items
-                    .into_iter()
-                    .find(|a| a.name_any() == name)
-                    .ok_or_else(|| fail(format!("account {name} not found in namespace {ns}")))?,
-                None => list
-                    .items
-                    .into_iter()
-                    .min_by_key(|a| a.metadata.creation_timestamp.as_ref().map(|t| t.0))
-                    .ok_or_else(|| fail(format!("no CreditAccount in namespace {ns}")))?,
-            };
-            let status = serde_json::to_value(&acct.status).unwrap_or(Value::Null);
-            if cli.output != Output::Table {
-                return structured(
-                    &json!({"name": acct.name_any(), "namespace": ns, "cadence": acct.spec.cadence, "status": status}),
-                    cli.output,
-                    out,
-                );
-            }
-            let cycle = &status["cycle"];
-            let left = cycle["end"]
-                .as_str()
-                .and_then(|e| e.parse::<jiff::Timestamp>().ok())
-                .map(|end| {
-                    let secs = (end.as_second() - jiff::Timestamp::now().as_second()).max(0);
-                    format!("{}d {}h left", secs / 86_400, secs % 86_400 / 3_600)
-                });
-            writeln!(
-                out,
-                "Account:   {}/{}  (cadence {})",
-                ns,
-                acct.name_any(),
-                acct.spec.cadence
-            )?;
-            writeln!(
-                out,
-                "Cycle:     {}  {} → {}  {}",
-                s(&cycle["number"]),
-                s(&cycle["start"]),
-                s(&cycle["end"]),
-                left.unwrap_or_default()
-            )?;
-            writeln!(out, "Limit:     {}", s(&status["creditsPerCycle"]))?;
-            writeln!(out, "Used:      {}", s(&status["used"]))?;
-            writeln!(out, "Balance:   {}", s(&status["balance"]))?;
-            writeln!(
-                out,
-                "Usage:     {}% {}",
-                s(&status["usagePercent"]),
-                bar(&s(&status["usagePercent"]), colour)
-            )?;
-            if status["trackingEnabled"] == json!(false) {
-                writeln!(out, "Tracking:  disabled (creditFactor is 0)")?;
-            }
-            writeln!(
-                out,
-                "Allocated: {} of {} ({} unallocated)",
-                s(&status["allocated"]),
-                s(&status["creditsPerCycle"]),
-                s(&status["unallocated"])
-            )?;
-            writeln!(out)?;
-            let rows: Vec<Vec<String>> = status["allocationOverview"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|g| vec![s(&g["name"]), s(&g["budget"]), s(&g["used"])])
-                .collect();
-            table(&["GROUP", "BUDGET", "USED"], &rows, out)?;
-        }
-        Cmd::Groups => {
-            let list = groups
-                .list(&lp)
-                .await
-                .map_err(|e| explain(e, "list creditgroups", ns))?;
-            let items: Vec<Value> = list.items.iter().map(|g| {
-                let st = serde_json::to_value(&g.status).unwrap_or(Value::Null);
-                json!({"name": g.name_any(), "monthly": g.spec.monthly_credits.to_string(), "extra": g.spec.extra_credits.to_string(),
-                    "distributed": st["distributed"], "available": st["available"], "autoApprove": st["autoApproveRemaining"],
-                    "autoApproveReserve": g.spec.auto_approve_reserve.to_string(), "used": st["used"], "members": st["members"]})
-            }).collect();
-            if cli.output != Output::Table {
-                return structured(&items, cli.output, out);
-            }
-            let rows: Vec<Vec<String>> = items
-                .iter()
-                .map(|g| {
-                    vec![
-                        s(&g["name"]),
-                        s(&g["monthly"]),
-                        s(&g["extra"]),
-                        s(&g["distributed"]),
-                        s(&g["available"]),
-                        format!("{}/{}", s(&g["autoApprove"]), s(&g["autoApproveReserve"])),
-                        s(&g["used"]),
-                        s(&g["members"]),
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "NAME",
-                    "MONTHLY",
-                    "EXTRA",
-                    "DISTRIBUTED",
-                    "AVAILABLE",
-                    "AUTO-APPROVE",
-                    "USED",
-                    "MEMBERS",
-                ],
-                &rows,
-                out,
-            )?;
-        }
+        Cmd::Overview { account } => session.overview(account).await,
+        Cmd::Groups => session.groups().await,
         Cmd::Members {
             group,
             search,
             page,
             page_size,
-        } => {
-            if page == 0 || page_size == 0 {
-                return Err(fail("--page and --page-size count from 1"));
-            }
-            let list = members
-                .list(&lp)
-                .await
-                .map_err(|e| explain(e, "list memberallocations", ns))?;
-            let needle = search.map(|s| s.to_lowercase());
-            let mut items: Vec<Value> = list.items.iter().filter_map(|m| {
-                let st = serde_json::to_value(&m.status).unwrap_or(Value::Null);
-                let in_group = st["group"].as_str().or(m.spec.group.as_deref()).unwrap_or("default").to_string();
-                if group.as_ref().is_some_and(|g| *g != in_group) {
-                    return None;
-                }
-                if let Some(n) = &needle {
-                    if !m.spec.user.name.to_lowercase().contains(n) && !m.spec.user.email.to_lowercase().contains(n) {
-                        return None;
-                    }
-                }
-                Some(json!({"name": m.name_any(), "email": m.spec.user.email, "user": m.spec.user.id, "group": in_group,
-                    "monthly": st["monthlyCredits"], "extra": st["extraCredits"], "granted": st["granted"], "used": st["used"], "remaining": st["remaining"]}))
-            }).collect();
-            items.sort_by(|a, b| (s(&a["email"]), s(&a["user"])).cmp(&(s(&b["email"]), s(&b["user"]))));
-            let total = items.len();
-            let items: Vec<Value> = items.into_iter().skip((page - 1) * page_size).take(page_size).collect();
-            if cli.output != Output::Table {
-                return structured(
-                    &json!({"items": items, "page": page, "pageSize": page_size, "total": total}),
-                    cli.output,
-                    out,
-                );
-            }
-            let rows: Vec<Vec<String>> = items
-                .iter()
-                .map(|m| {
-                    [
-                        "name",
-                        "email",
-                        "group",
-                        "monthly",
-                        "extra",
-                        "granted",
-                        "used",
-                        "remaining",
-                    ]
-                    .iter()
-                    .map(|k| s(&m[k]))
-                    .collect()
-                })
-                .collect();
-            table(
-                &[
-                    "NAME",
-                    "EMAIL",
-                    "GROUP",
-                    "MONTHLY",
-                    "EXTRA",
-                    "GRANTED",
-                    "USED",
-                    "REMAINING",
-                ],
-                &rows,
-                out,
-            )?;
-            if total > page_size {
-                writeln!(out, "page {page} of {} ({total} members)", total.div_ceil(page_size))?;
-            }
-        }
-        Cmd::Requests { status } => {
-            let list = requests
-                .list(&lp)
-                .await
-                .map_err(|e| explain(e, "list creditrequests", ns))?;
-            let items: Vec<Value> = list.items.iter().filter_map(|r| {
-                let st = serde_json::to_value(&r.status).unwrap_or(Value::Null);
-                let phase = st["phase"].as_str().unwrap_or("Pending").to_string();
-                if status.as_ref().is_some_and(|want| *want != phase) {
-                    return None;
-                }
-                Some(json!({"name": r.name_any(), "member": r.spec.member, "credits": r.spec.credits.to_string(), "approved": st["approvedCredits"],
-                    "phase": phase, "reason": r.spec.reason, "decidedBy": st["decidedBy"]}))
-            }).collect();
-            if cli.output != Output::Table {
-                return structured(&items, cli.output, out);
-            }
-            let rows: Vec<Vec<String>> = items
-                .iter()
-                .map(|r| {
-                    ["name", "member", "credits", "approved", "phase", "reason"]
-                        .iter()
-                        .map(|k| s(&r[k]))
-                        .collect()
-                })
-                .collect();
-            table(
-                &["NAME", "MEMBER", "CREDITS", "APPROVED", "PHASE", "REASON"],
-                &rows,
-                out,
-            )?;
-        }
+        } => session.members(group, search, page, page_size).await,
+        Cmd::Requests { status } => session.requests(status).await,
         Cmd::Approve {
             request,
             credits,
             reason,
-        } => {
-            let r = requests
-                .get(&request)
-                .await
-                .map_err(|e| explain(e, "get creditrequests", ns))?;
-            check_pending(&r)?;
-            let mut approval = json!({"decision": "Approve"});
-            if let Some(c) = credits {
-                let c = amount("--credits", &c)?;
-                if c.is_zero() || c > r.spec.credits {
-                    return Err(fail(format!(
-                        "--credits must be more than 0 and at most the {} requested",
-                        r.spec.credits
-                    )));
+        } => session.approve(request, credits, reason).await,
+        Cmd::Deny { request, reason } => session.deny(request, reason).await,
+        Cmd::SetAllocation { member, monthly, extra } => session.set_allocation(member, monthly, extra).await,
+        Cmd::SetLimit { account, credits, yes } => session.set_limit(account, credits, yes).await,
+        Cmd::SetCadence { account, cadence, yes } => session.set_cadence(account, cadence, yes).await,
+        Cmd::SetFactor { account, factor } => session.set_factor(account, factor).await,
+        Cmd::SetSignup { account, credits } => session.set_signup(account, credits).await,
+        Cmd::ResetCycle { account, yes } => session.reset_cycle(account, yes).await,
+    }
+}
+
+/// One command's connection, namespace, output and terminal.
+struct Session<'a> {
+    client: Client,
+    ns: &'a str,
+    output: Output,
+    colour: bool,
+    input: &'a mut dyn BufRead,
+    out: &'a mut dyn Write,
+    accounts: Api<CreditAccount>,
+    groups: Api<CreditGroup>,
+    members: Api<MemberAllocation>,
+    requests: Api<CreditRequest>,
+}
+
+impl Session<'_> {
+    async fn overview(&mut self, account: Option<String>) -> Result<(), PluginError> {
+        let Session {
+            output,
+            colour,
+            out,
+            accounts,
+            ns,
+            ..
+        } = self;
+        let ns: &str = ns;
+        let lp = ListParams::default();
+        let list = accounts
+            .list(&lp)
+            .await
+            .map_err(|e| explain(e, "list creditaccounts", ns))?;
+        let acct = match account {
+            Some(name) => list
+                .items
+                .into_iter()
+                .find(|a| a.name_any() == name)
+                .ok_or_else(|| fail(format!("account {name} not found in namespace {ns}")))?,
+            None => list
+                .items
+                .into_iter()
+                .min_by_key(|a| a.metadata.creation_timestamp.as_ref().map(|t| t.0))
+                .ok_or_else(|| fail(format!("no CreditAccount in namespace {ns}")))?,
+        };
+        let status = serde_json::to_value(&acct.status).unwrap_or(Value::Null);
+        if *output != Output::Table {
+            return structured(
+                &json!({"name": acct.name_any(), "namespace": ns, "cadence": acct.spec.cadence, "status": status}),
+                *output,
+                out,
+            );
+        }
+        let cycle = &status["cycle"];
+        let left = cycle["end"]
+            .as_str()
+            .and_then(|e| e.parse::<jiff::Timestamp>().ok())
+            .map(|end| {
+                let secs = (end.as_second() - jiff::Timestamp::now().as_second()).max(0);
+                format!("{}d {}h left", secs / 86_400, secs % 86_400 / 3_600)
+            });
+        writeln!(
+            out,
+            "Account:   {}/{}  (cadence {})",
+            ns,
+            acct.name_any(),
+            acct.spec.cadence
+        )?;
+        writeln!(
+            out,
+            "Cycle:     {}  {} → {}  {}",
+            s(&cycle["number"]),
+            s(&cycle["start"]),
+            s(&cycle["end"]),
+            left.unwrap_or_default()
+        )?;
+        writeln!(out, "Limit:     {}", s(&status["creditsPerCycle"]))?;
+        writeln!(out, "Used:      {}", s(&status["used"]))?;
+        writeln!(out, "Balance:   {}", s(&status["balance"]))?;
+        writeln!(
+            out,
+            "Usage:     {}% {}",
+            s(&status["usagePercent"]),
+            bar(&s(&status["usagePercent"]), *colour)
+        )?;
+        if status["trackingEnabled"] == json!(false) {
+            writeln!(out, "Tracking:  disabled (creditFactor is 0)")?;
+        }
+        writeln!(
+            out,
+            "Allocated: {} of {} ({} unallocated)",
+            s(&status["allocated"]),
+            s(&status["creditsPerCycle"]),
+            s(&status["unallocated"])
+        )?;
+        writeln!(out)?;
+        let rows: Vec<Vec<String>> = status["allocationOverview"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|g| vec![s(&g["name"]), s(&g["budget"]), s(&g["used"])])
+            .collect();
+        table(&["GROUP", "BUDGET", "USED"], &rows, out)?;
+        Ok(())
+    }
+
+    async fn groups(&mut self) -> Result<(), PluginError> {
+        let Session {
+            output,
+            out,
+            groups,
+            ns,
+            ..
+        } = self;
+        let ns: &str = ns;
+        let lp = ListParams::default();
+        let list = groups
+            .list(&lp)
+            .await
+            .map_err(|e| explain(e, "list creditgroups", ns))?;
+        let items: Vec<Value> = list.items.iter().map(|g| {
+            let st = serde_json::to_value(&g.status).unwrap_or(Value::Null);
+            json!({"name": g.name_any(), "monthly": g.spec.monthly_credits.to_string(), "extra": g.spec.extra_credits.to_string(),
+                "distributed": st["distributed"], "available": st["available"], "autoApprove": st["autoApproveRemaining"],
+                "autoApproveReserve": g.spec.auto_approve_reserve.to_string(), "used": st["used"], "members": st["members"]})
+        }).collect();
+        if *output != Output::Table {
+            return structured(&items, *output, out);
+        }
+        let rows: Vec<Vec<String>> = items
+            .iter()
+            .map(|g| {
+                vec![
+                    s(&g["name"]),
+                    s(&g["monthly"]),
+                    s(&g["extra"]),
+                    s(&g["distributed"]),
+                    s(&g["available"]),
+                    format!("{}/{}", s(&g["autoApprove"]), s(&g["autoApproveReserve"])),
+                    s(&g["used"]),
+                    s(&g["members"]),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "NAME",
+                "MONTHLY",
+                "EXTRA",
+                "DISTRIBUTED",
+                "AVAILABLE",
+                "AUTO-APPROVE",
+                "USED",
+                "MEMBERS",
+            ],
+            &rows,
+            out,
+        )?;
+        Ok(())
+    }
+
+    async fn members(
+        &mut self,
+        group: Option<String>,
+        search: Option<String>,
+        page: usize,
+        page_size: usize,
+    ) -> Result<(), PluginError> {
+        let Session {
+            output,
+            out,
+            members,
+            ns,
+            ..
+        } = self;
+        let ns: &str = ns;
+        let lp = ListParams::default();
+        if page == 0 || page_size == 0 {
+            return Err(fail("--page and --page-size count from 1"));
+        }
+        let list = members
+            .list(&lp)
+            .await
+            .map_err(|e| explain(e, "list memberallocations", ns))?;
+        let needle = search.map(|s| s.to_lowercase());
+        let mut items: Vec<Value> = list.items.iter().filter_map(|m| {
+            let st = serde_json::to_value(&m.status).unwrap_or(Value::Null);
+            let in_group = st["group"].as_str().or(m.spec.group.as_deref()).unwrap_or("default").to_string();
+            if group.as_ref().is_some_and(|g| *g != in_group) {
+                return None;
+            }
+            if let Some(n) = &needle {
+                if !m.spec.user.name.to_lowercase().contains(n) && !m.spec.user.email.to_lowercase().contains(n) {
+                    return None;
                 }
-                approval["credits"] = json!(c.to_string());
             }
-            if let Some(reason) = reason {
-                approval["reason"] = json!(reason);
-            }
-            decide(&client, &requests, &request, approval, ns).await?;
-            writeln!(out, "creditrequest/{request} approved")?;
+            Some(json!({"name": m.name_any(), "email": m.spec.user.email, "user": m.spec.user.id, "group": in_group,
+                "monthly": st["monthlyCredits"], "extra": st["extraCredits"], "granted": st["granted"], "used": st["used"], "remaining": st["remaining"]}))
+        }).collect();
+        items.sort_by(|a, b| (s(&a["email"]), s(&a["user"])).cmp(&(s(&b["email"]), s(&b["user"]))));
+        let total = items.len();
+        let items: Vec<Value> = items.into_iter().skip((page - 1) * page_size).take(page_size).collect();
+        if *output != Output::Table {
+            return structured(
+                &json!({"items": items, "page": page, "pageSize": page_size, "total": total}),
+                *output,
+                out,
+            );
         }
-        Cmd::Deny { request, reason } => {
-            let r = requests
-                .get(&request)
-                .await
-                .map_err(|e| explain(e, "get creditrequests", ns))?;
-            check_pending(&r)?;
-            decide(
-                &client,
-                &requests,
-                &request,
-                json!({"decision": "Deny", "reason": reason}),
-                ns,
+        let rows: Vec<Vec<String>> = items
+            .iter()
+            .map(|m| {
+                [
+                    "name",
+                    "email",
+                    "group",
+                    "monthly",
+                    "extra",
+                    "granted",
+                    "used",
+                    "remaining",
+                ]
+                .iter()
+                .map(|k| s(&m[k]))
+                .collect()
+            })
+            .collect();
+        table(
+            &[
+                "NAME",
+                "EMAIL",
+                "GROUP",
+                "MONTHLY",
+                "EXTRA",
+                "GRANTED",
+                "USED",
+                "REMAINING",
+            ],
+            &rows,
+            out,
+        )?;
+        if total > page_size {
+            writeln!(out, "page {page} of {} ({total} members)", total.div_ceil(page_size))?;
+        }
+        Ok(())
+    }
+
+    async fn requests(&mut self, status: Option<String>) -> Result<(), PluginError> {
+        let Session {
+            output,
+            out,
+            requests,
+            ns,
+            ..
+        } = self;
+        let ns: &str = ns;
+        let lp = ListParams::default();
+        let list = requests
+            .list(&lp)
+            .await
+            .map_err(|e| explain(e, "list creditrequests", ns))?;
+        let items: Vec<Value> = list.items.iter().filter_map(|r| {
+            let st = serde_json::to_value(&r.status).unwrap_or(Value::Null);
+            let phase = st["phase"].as_str().unwrap_or("Pending").to_string();
+            if status.as_ref().is_some_and(|want| *want != phase) {
+                return None;
+            }
+            Some(json!({"name": r.name_any(), "member": r.spec.member, "credits": r.spec.credits.to_string(), "approved": st["approvedCredits"],
+                "phase": phase, "reason": r.spec.reason, "decidedBy": st["decidedBy"]}))
+        }).collect();
+        if *output != Output::Table {
+            return structured(&items, *output, out);
+        }
+        let rows: Vec<Vec<String>> = items
+            .iter()
+            .map(|r| {
+                ["name", "member", "credits", "approved", "phase", "reason"]
+                    .iter()
+                    .map(|k| s(&r[k]))
+                    .collect()
+            })
+            .collect();
+        table(
+            &["NAME", "MEMBER", "CREDITS", "APPROVED", "PHASE", "REASON"],
+            &rows,
+            out,
+        )?;
+        Ok(())
+    }
+
+    async fn approve(
+        &mut self,
+        request: String,
+        credits: Option<String>,
+        reason: Option<String>,
+    ) -> Result<(), PluginError> {
+        let Session {
+            client,
+            out,
+            requests,
+            ns,
+            ..
+        } = self;
+        let ns: &str = ns;
+        let r = requests
+            .get(&request)
+            .await
+            .map_err(|e| explain(e, "get creditrequests", ns))?;
+        check_pending(&r)?;
+        let mut approval = json!({"decision": "Approve"});
+        if let Some(c) = credits {
+            let c = amount("--credits", &c)?;
+            crate::ledger::check_approval(r.spec.credits, Some(c)).map_err(|_| {
+                fail(format!(
+                    "--credits must be more than 0 and at most the {} requested",
+                    r.spec.credits
+                ))
+            })?;
+            approval["credits"] = json!(c.to_string());
+        }
+        if let Some(reason) = reason {
+            approval["reason"] = json!(reason);
+        }
+        decide(client, requests, &request, approval, ns).await?;
+        writeln!(out, "creditrequest/{request} approved")?;
+        Ok(())
+    }
+
+    async fn deny(&mut self, request: String, reason: String) -> Result<(), PluginError> {
+        let Session {
+            client,
+            out,
+            requests,
+            ns,
+            ..
+        } = self;
+        let ns: &str = ns;
+        let r = requests
+            .get(&request)
+            .await
+            .map_err(|e| explain(e, "get creditrequests", ns))?;
+        check_pending(&r)?;
+        decide(
+            client,
+            requests,
+            &request,
+            json!({"decision": "Deny", "reason": reason}),
+            ns,
+        )
+        .await?;
+        writeln!(out, "creditrequest/{request} denied")?;
+        Ok(())
+    }
+
+    async fn set_allocation(
+        &mut self,
+        member: String,
+        monthly: String,
+        extra: Option<String>,
+    ) -> Result<(), PluginError> {
+        let Session { out, members, ns, .. } = self;
+        let ns: &str = ns;
+        let mut spec = json!({"monthlyCredits": amount("--monthly", &monthly)?.to_string()});
+        if let Some(e) = extra {
+            spec["extraCredits"] = json!(amount("--extra", &e)?.to_string());
+        }
+        members
+            .patch(
+                &member,
+                &PatchParams::apply(MANAGER),
+                &Patch::Merge(&json!({"spec": spec})),
             )
-            .await?;
-            writeln!(out, "creditrequest/{request} denied")?;
+            .await
+            .map_err(|e| explain(e, "patch memberallocations", ns))?;
+        writeln!(out, "memberallocation/{member} patched")?;
+        Ok(())
+    }
+
+    async fn set_limit(&mut self, account: String, credits: String, yes: bool) -> Result<(), PluginError> {
+        let Session {
+            input,
+            out,
+            accounts,
+            ns,
+            ..
+        } = self;
+        let ns: &str = ns;
+        let c = amount("CREDITS", &credits)?;
+        if !yes
+            && !confirm(
+                &format!("The new limit of {c} applies at once to the current cycle (used credits stay). Apply? [y/N]"),
+                "y",
+                input,
+                out,
+            )?
+        {
+            return Err(fail("aborted"));
         }
-        Cmd::SetAllocation { member, monthly, extra } => {
-            let mut spec = json!({"monthlyCredits": amount("--monthly", &monthly)?.to_string()});
-            if let Some(e) = extra {
-                spec["extraCredits"] = json!(amount("--extra", &e)?.to_string());
-            }
-            members
-                .patch(
-                    &member,
-                    &PatchParams::apply(MANAGER),
-                    &Patch::Merge(&json!({"spec": spec})),
-                )
-                .await
-                .map_err(|e| explain(e, "patch memberallocations", ns))?;
-            writeln!(out, "memberallocation/{member} patched")?;
-        }
-        Cmd::SetLimit { account, credits, yes } => {
-            let c = amount("CREDITS", &credits)?;
-            if !yes
-                && !confirm(
-                    &format!(
-                        "The new limit of {c} applies at once to the current cycle (used credits stay). Apply? [y/N]"
-                    ),
-                    "y",
-                    input,
-                    out,
-                )?
-            {
-                return Err(fail("aborted"));
-            }
-            patch_account(
-                &accounts,
-                &account,
-                json!({"spec": {"creditsPerCycle": c.to_string()}}),
-                ns,
-            )
-            .await?;
-            writeln!(out, "creditaccount/{account} patched")?;
-        }
-        Cmd::SetCadence { account, cadence, yes } => {
-            crate::cycle::Cadence::parse(&cadence).map_err(|e| fail(format!("CADENCE: {e}")))?;
-            if !yes
-                && !confirm(
-                    &format!(
+        patch_account(
+            accounts,
+            &account,
+            json!({"spec": {"creditsPerCycle": c.to_string()}}),
+            ns,
+        )
+        .await?;
+        writeln!(out, "creditaccount/{account} patched")?;
+        Ok(())
+    }
+
+    async fn set_cadence(&mut self, account: String, cadence: String, yes: bool) -> Result<(), PluginError> {
+        let Session {
+            input,
+            out,
+            accounts,
+            ns,
+            ..
+        } = self;
+        let ns: &str = ns;
+        crate::cycle::Cadence::parse(&cadence).map_err(|e| fail(format!("CADENCE: {e}")))?;
+        if !yes
+            && !confirm(
+                &format!(
                     "Changing the cadence to {cadence} starts a new cycle now: used credits go to zero. Apply? [y/N]"
                 ),
-                    "y",
-                    input,
-                    out,
-                )?
-            {
-                return Err(fail("aborted"));
-            }
-            patch_account(&accounts, &account, json!({"spec": {"cadence": cadence}}), ns).await?;
-            writeln!(out, "creditaccount/{account} patched")?;
+                "y",
+                input,
+                out,
+            )?
+        {
+            return Err(fail("aborted"));
         }
-        Cmd::SetFactor { account, factor } => {
-            let f = amount("FACTOR", &factor)?;
-            patch_account(
-                &accounts,
-                &account,
-                json!({"spec": {"creditFactor": f.to_string()}}),
-                ns,
-            )
-            .await?;
-            writeln!(out, "creditaccount/{account} patched")?;
-        }
-        Cmd::SetSignup { account, credits } => {
-            let c = amount("CREDITS", &credits)?;
-            patch_account(
-                &accounts,
-                &account,
-                json!({"spec": {"signupCredits": c.to_string()}}),
-                ns,
-            )
-            .await?;
-            writeln!(out, "creditaccount/{account} patched")?;
-        }
-        Cmd::ResetCycle { account, yes } => {
-            writeln!(out, "A reset starts a fresh cycle now: credits used this cycle go to zero, grants end, the auto-approve reserve renews, and the next cycle end is counted from now. It cannot be undone.")?;
-            if !yes
-                && !confirm(
-                    &format!("Type the account name ({account}) to reset it:"),
-                    &account,
-                    input,
-                    out,
-                )?
-            {
-                return Err(fail("aborted: nothing was reset"));
-            }
-            let now = jiff::Timestamp::now().to_string();
-            patch_account(
-                &accounts,
-                &account,
-                json!({"metadata": {"annotations": {RESET_ANNOTATION: now}}}),
-                ns,
-            )
-            .await?;
-            writeln!(out, "creditaccount/{account} reset requested at {now}")?;
-        }
+        patch_account(accounts, &account, json!({"spec": {"cadence": cadence}}), ns).await?;
+        writeln!(out, "creditaccount/{account} patched")?;
+        Ok(())
     }
-    Ok(())
+
+    async fn set_factor(&mut self, account: String, factor: String) -> Result<(), PluginError> {
+        let Session { out, accounts, ns, .. } = self;
+        let ns: &str = ns;
+        let f = amount("FACTOR", &factor)?;
+        patch_account(accounts, &account, json!({"spec": {"creditFactor": f.to_string()}}), ns).await?;
+        writeln!(out, "creditaccount/{account} patched")?;
+        Ok(())
+    }
+
+    async fn set_signup(&mut self, account: String, credits: String) -> Result<(), PluginError> {
+        let Session { out, accounts, ns, .. } = self;
+        let ns: &str = ns;
+        let c = amount("CREDITS", &credits)?;
+        patch_account(
+            accounts,
+            &account,
+            json!({"spec": {"signupCredits": c.to_string()}}),
+            ns,
+        )
+        .await?;
+        writeln!(out, "creditaccount/{account} patched")?;
+        Ok(())
+    }
+
+    async fn reset_cycle(&mut self, account: String, yes: bool) -> Result<(), PluginError> {
+        let Session {
+            input,
+            out,
+            accounts,
+            ns,
+            ..
+        } = self;
+        let ns: &str = ns;
+        writeln!(out, "A reset starts a fresh cycle now: credits used this cycle go to zero, grants end, the auto-approve reserve renews, and the next cycle end is counted from now. It cannot be undone.")?;
+        if !yes
+            && !confirm(
+                &format!("Type the account name ({account}) to reset it:"),
+                &account,
+                input,
+                out,
+            )?
+        {
+            return Err(fail("aborted: nothing was reset"));
+        }
+        let now = jiff::Timestamp::now().to_string();
+        patch_account(
+            accounts,
+            &account,
+            json!({"metadata": {"annotations": {RESET_ANNOTATION: now}}}),
+            ns,
+        )
+        .await?;
+        writeln!(out, "creditaccount/{account} reset requested at {now}")?;
+        Ok(())
+    }
 }
 
 fn check_pending(r: &CreditRequest) -> Result<(), PluginError> {

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use credit_operator::clock::ManualClock;
+use credit_operator::desired::folder::{Reconciler, Settle};
 use credit_operator::ledger::{numbers, Ledger};
 use credit_operator::manifests::{self, Severity};
-use credit_operator::standalone::reconcile::{Reconciler, Settle};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
 const SETTLE: Duration = Duration::from_secs(1);

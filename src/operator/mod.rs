@@ -16,14 +16,12 @@ pub mod status;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use kube::api::{Patch, PatchParams};
 use kube::core::error_boundary::InvalidObject;
-use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -35,9 +33,10 @@ use serde_json::{json, Value};
 use crate::api::edits::{self, SpecEdit};
 use crate::api::error::ApiError;
 use crate::crd::{CreditAccount, CreditGroup, CreditRequest, Decision, MemberAllocation, GROUP, VERSION};
+use crate::desired;
+use crate::desired::cluster::{approver, split, Guarded, Namespace};
 use crate::ledger::{Command, Ledger, LedgerError, Phase};
 use crate::manifests::{Object, Sourced};
-use crate::standalone::reconcile;
 
 /// The field manager of every status the operator writes.
 pub const FIELD_MANAGER: &str = "credit-operator";
@@ -164,29 +163,6 @@ fn request_predicate(r: &Guarded<CreditRequest>) -> u64 {
             .and_then(|s| s.approval.as_ref())
             .map(|a| serde_json::to_string(a).unwrap_or_default());
     hash_of(&(r.meta().generation, approval))
-}
-
-/// A watched object that may not deserialize: one malformed object (say,
-/// written before a CRD tightened) must not stall a whole watch.
-type Guarded<K> = DeserializeGuard<K>;
-
-/// The well-formed objects of a store in `ns`, and the malformed ones.
-fn split<K>(store: &Store<Guarded<K>>, ns: &str) -> (Vec<K>, Vec<InvalidObject>)
-where
-    K: Resource<DynamicType = ()> + Clone,
-{
-    let mut good = Vec::new();
-    let mut bad = Vec::new();
-    for o in store.state() {
-        if o.meta().namespace.as_deref() != Some(ns) {
-            continue;
-        }
-        match &o.0 {
-            Ok(k) => good.push(k.clone()),
-            Err(e) => bad.push(e.clone()),
-        }
-    }
-    (good, bad)
 }
 
 /// How a watch retries after an error: from 250 ms, doubling, at most
@@ -333,32 +309,6 @@ fn error_policy(_: Arc<Guarded<CreditAccount>>, error: &Error, _: Arc<Ctx>) -> A
     Action::requeue(Duration::from_secs(5))
 }
 
-fn sourced(kind: &str, ns: &str, name: &str, position: usize, object: Object) -> Sourced {
-    Sourced {
-        file: PathBuf::from(format!("{kind}/{ns}/{name}")),
-        position,
-        object,
-    }
-}
-
-/// Who decided a request: `status.approval.by`, which the chart's
-/// admission policy stamps with the username of the API request that set
-/// the approval (field managers are chosen by clients and name no one).
-fn approver(s: &Sourced) -> String {
-    let Object::Request(r) = &s.object else {
-        return UNKNOWN_APPROVER.into();
-    };
-    r.status
-        .as_ref()
-        .and_then(|st| st.approval.as_ref())
-        .and_then(|a| a.by.clone())
-        .filter(|by| !by.is_empty())
-        .unwrap_or_else(|| UNKNOWN_APPROVER.into())
-}
-
-/// `decidedBy` of an approval no admission policy stamped.
-pub const UNKNOWN_APPROVER: &str = "unknown";
-
 async fn reconcile_account(guarded: Arc<Guarded<CreditAccount>>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     // The Controller waits for the accounts' store only. A namespace stated
     // from a store that has not listed yet would read as "no groups, no
@@ -414,61 +364,26 @@ async fn reconcile_account(guarded: Arc<Guarded<CreditAccount>>, ctx: Arc<Ctx>) 
     }
 
     // State the namespace to the ledger.
-    let mut objects = vec![sourced(
-        "CreditAccount",
-        &ns,
-        &name,
-        0,
-        Object::Account((*account).clone()),
-    )];
-    let (groups, bad_groups) = split(&ctx.groups, &ns);
-    let (members, bad_members) = split(&ctx.members, &ns);
-    let (requests, bad_requests) = split(&ctx.requests, &ns);
-    for g in &groups {
-        objects.push(sourced(
-            "CreditGroup",
-            &ns,
-            &g.name_any(),
-            objects.len(),
-            Object::Group(g.clone()),
-        ));
-    }
-    for m in &members {
-        objects.push(sourced(
-            "MemberAllocation",
-            &ns,
-            &m.name_any(),
-            objects.len(),
-            Object::Member(m.clone()),
-        ));
-    }
-    for r in &requests {
-        objects.push(sourced(
-            "CreditRequest",
-            &ns,
-            &r.name_any(),
-            objects.len(),
-            Object::Request(r.clone()),
-        ));
-    }
+    let namespace = Namespace::read(&account, &ctx.groups, &ctx.members, &ctx.requests);
     // A malformed object keeps its last good state in the ledger: while
     // one exists, nothing in its namespace is removed (the standalone rule
     // for a broken file).
-    for invalid in &bad_groups {
+    for invalid in &namespace.bad_groups {
         report_invalid::<CreditGroup>(&ctx, invalid).await;
     }
-    for invalid in &bad_members {
+    for invalid in &namespace.bad_members {
         report_invalid::<MemberAllocation>(&ctx, invalid).await;
     }
-    for invalid in &bad_requests {
+    for invalid in &namespace.bad_requests {
         report_invalid::<CreditRequest>(&ctx, invalid).await;
     }
-    let malformed = bad_groups.len() + bad_members.len() + bad_requests.len();
+    let malformed = namespace.malformed();
+    let (groups, members, requests) = (&namespace.groups, &namespace.members, &namespace.requests);
     if malformed > 0 {
         tracing::debug!(namespace = %ns, malformed, "malformed objects: removals in this namespace wait until they are fixed");
     }
-    let refs: Vec<&Sourced> = objects.iter().collect();
-    let report = reconcile::apply_desired(&ctx.ledger, &refs, malformed == 0, Some(&ns), approver).await;
+    let refs: Vec<&Sourced> = namespace.objects.iter().collect();
+    let report = desired::apply(&ctx.ledger, &refs, malformed == 0, Some(&ns), approver).await;
     for p in &report.problems {
         tracing::warn!("{p}");
     }
@@ -524,7 +439,7 @@ async fn reconcile_account(guarded: Arc<Guarded<CreditAccount>>, ctx: Arc<Ctx>) 
             })
             .collect();
         let mut reqs = Vec::new();
-        for r in &requests {
+        for r in requests.iter() {
             let uid = r
                 .metadata
                 .uid

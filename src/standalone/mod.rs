@@ -4,7 +4,6 @@
 //! API serves gateways and admins.
 
 pub mod edit;
-pub mod reconcile;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,10 +17,10 @@ use tokio::sync::Mutex;
 use crate::api::edits::{self, SpecEdit};
 use crate::api::{self, error::ApiError, AppState, Directory, Metrics};
 use crate::clock::Clock;
+use crate::desired::folder::{Reconciler, Settle};
 use crate::ledger::writer::LedgerOptions;
 use crate::ledger::{numbers, Ledger, MemberSpec};
 use crate::manifests;
-use reconcile::{Reconciler, Settle};
 
 /// Where enrolled members go, under the manifest folder.
 pub const ENROLLED_DIR: &str = "enrolled";

@@ -1,28 +1,30 @@
-//! Turns the objects of a manifest folder into ledger commands.
+//! The desired state: objects of this API group, from wherever they are
+//! declared, turned into ledger commands. The rules serve both modes:
 //!
-//! Level-triggered: each round states everything the folder holds and the
-//! ledger keeps only real changes. Objects of a broken file keep their
-//! last good state, and while any file is broken nothing is removed.
+//! - every object is stated each round (level-triggered); the ledger keeps
+//!   only real changes;
+//! - one active account per namespace, the oldest (or the one the ledger
+//!   already serves); the others are reported;
+//! - an account's default group is created when nothing declares it, with
+//!   the credits unallocated at that moment;
+//! - removals happen only when every source has been read whole (no broken
+//!   file, no malformed object): an object missing from a partial read is
+//!   never taken for deleted;
+//! - a request's spec is immutable; its decision comes from its status.
+//!
+//! Two sources feed it: [`folder`] (a manifest folder: last good state per
+//! file, files that have settled) and [`cluster`] (the Kubernetes API's
+//! reflectors, one namespace at a time).
+
+pub mod cluster;
+pub mod folder;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use crate::crd::convert;
 use crate::ledger::{numbers, Command, GroupSettings, Ledger, LedgerError, Verdict};
-use crate::manifests::{Object, Problem, Scan, Severity, Sourced};
-
-/// Who decided a request whose approval came from a file.
-pub const MANIFEST_APPROVER: &str = "manifest";
-
-/// Remembers the last good objects of every file.
-#[derive(Default)]
-pub struct Reconciler {
-    last_good: BTreeMap<PathBuf, Vec<Sourced>>,
-    /// What the last round stated, when every command of it succeeded: a
-    /// round that would state the same again is skipped (a file being
-    /// written changes the folder, not the intent).
-    last_round: Option<(Vec<(PathBuf, Object)>, bool)>,
-}
+use crate::manifests::{Object, Problem, Severity, Sourced};
 
 /// What a round did not manage, for the log.
 #[derive(Debug, Default)]
@@ -33,72 +35,10 @@ pub struct Report {
     pub failures: usize,
 }
 
-impl Reconciler {
-    /// Applies a scan to the ledger. Files in `unsettled` (still being
-    /// written, see [`Settle`]) count as broken: they keep their last good
-    /// objects and nothing is removed.
-    pub async fn reconcile(&mut self, ledger: &Ledger, scan: &Scan, unsettled: &BTreeSet<PathBuf>) -> Report {
-        let mut report = Report {
-            problems: scan
-                .problems
-                .iter()
-                .filter(|p| !unsettled.contains(&p.file))
-                .cloned()
-                .collect(),
-            applied: 0,
-            failures: 0,
-        };
-        // Objects of good files replace what those files held before.
-        let broken: BTreeSet<&PathBuf> = scan.broken.iter().chain(unsettled).collect();
-        let mut by_file: BTreeMap<PathBuf, Vec<Sourced>> = BTreeMap::new();
-        for s in &scan.objects {
-            by_file.entry(s.file.clone()).or_default().push(s.clone());
-        }
-        let mut previous: BTreeMap<(String, String), PathBuf> = BTreeMap::new();
-        for s in self.last_good.values().flatten() {
-            let key = (s.object.namespace().to_string(), s.object.name().to_string());
-            if matches!(s.object, Object::Member(_) | Object::Group(_) | Object::Account(_)) {
-                previous.insert((format!("{}:{}", s.object.kind(), key.0), key.1), s.file.clone());
-            }
-        }
-        self.last_good
-            .retain(|file, _| scan.contents.contains_key(file) || broken.contains(file));
-        for file in scan.contents.keys() {
-            if !broken.contains(file) {
-                self.last_good
-                    .insert(file.clone(), by_file.remove(file).unwrap_or_default());
-            }
-        }
-        let desired: Vec<&Sourced> = self.last_good.values().flatten().collect();
-        let removals_allowed = broken.is_empty();
-        let round_key = (
-            desired
-                .iter()
-                .map(|s| (s.file.clone(), s.object.clone()))
-                .collect::<Vec<_>>(),
-            removals_allowed,
-        );
-        if self.last_round.as_ref() == Some(&round_key) {
-            return report;
-        }
-
-        let mut round = Round {
-            ledger,
-            report: &mut report,
-            scope: None,
-            approver: |_| MANIFEST_APPROVER.to_string(),
-            previous,
-        };
-        round.apply(&desired, removals_allowed).await;
-        self.last_round = (report.failures == 0).then_some(round_key);
-        report
-    }
-}
-
 /// States `desired` (the objects of one namespace when `scope` names it,
 /// of everything otherwise) to the ledger; `approver` names who decided a
 /// request whose `status.approval` is set.
-pub async fn apply_desired(
+pub async fn apply(
     ledger: &Ledger,
     desired: &[&Sourced],
     removals_allowed: bool,
@@ -117,15 +57,15 @@ pub async fn apply_desired(
     report
 }
 
-struct Round<'a> {
-    ledger: &'a Ledger,
-    report: &'a mut Report,
+pub(crate) struct Round<'a> {
+    pub(crate) ledger: &'a Ledger,
+    pub(crate) report: &'a mut Report,
     /// Only accounts of this namespace may be removed.
-    scope: Option<String>,
-    approver: fn(&Sourced) -> String,
+    pub(crate) scope: Option<String>,
+    pub(crate) approver: fn(&Sourced) -> String,
     /// Where each object was declared before this round (`Kind:namespace`,
     /// name), to say which file a removal comes from.
-    previous: BTreeMap<(String, String), PathBuf>,
+    pub(crate) previous: BTreeMap<(String, String), PathBuf>,
 }
 
 fn account_id(namespace: &str, name: &str) -> String {
@@ -163,7 +103,7 @@ impl Round<'_> {
         }
     }
 
-    async fn apply(&mut self, desired: &[&Sourced], removals_allowed: bool) {
+    pub(crate) async fn apply(&mut self, desired: &[&Sourced], removals_allowed: bool) {
         // Oldest first: creation time when the file has one, else file order.
         let mut ordered: Vec<&Sourced> = desired.to_vec();
         ordered.sort_by_key(|s| (s.object.created(), s.position));
@@ -491,87 +431,5 @@ impl Round<'_> {
                 tracing::error!(error = %e, "removal failed");
             }
         }
-    }
-}
-
-/// How many settle delays a file that does not end with a line break waits.
-pub const UNTERMINATED_FACTOR: u32 = 10;
-
-/// Decides when a changed file may be read as intent: only once its
-/// content (or its absence) has been the same across reads at least
-/// `delay` apart, so a file an editor is still writing in place never
-/// counts. Until then the file keeps its last good objects and nothing is
-/// removed anywhere, as for a broken file.
-#[derive(Debug)]
-pub struct Settle {
-    delay: std::time::Duration,
-    /// Each file's content at the last read (`None`: absent) and when that
-    /// content was first seen.
-    seen: BTreeMap<PathBuf, (Option<String>, std::time::Instant)>,
-}
-
-impl Settle {
-    pub fn new(delay: std::time::Duration) -> Settle {
-        Settle {
-            delay,
-            seen: BTreeMap::new(),
-        }
-    }
-
-    /// The files of `contents` (and the files gone since the last read)
-    /// whose state is younger than the delay at `now`.
-    pub fn unsettled(&mut self, contents: &BTreeMap<PathBuf, String>, now: std::time::Instant) -> BTreeSet<PathBuf> {
-        let mut unsettled = BTreeSet::new();
-        for (file, text) in contents {
-            // A text file ends with a line break; one that does not is
-            // most likely still being written, and waits ten times longer
-            // (a tool that never writes the last break is still served).
-            let delay = if text.is_empty() || text.ends_with('\n') {
-                self.delay
-            } else {
-                self.delay * UNTERMINATED_FACTOR
-            };
-            match self.seen.get(file) {
-                Some((Some(seen), since)) if seen == text => {
-                    if now.saturating_duration_since(*since) < delay {
-                        unsettled.insert(file.clone());
-                    }
-                }
-                _ => {
-                    self.seen.insert(file.clone(), (Some(text.clone()), now));
-                    if !self.delay.is_zero() {
-                        unsettled.insert(file.clone());
-                    }
-                }
-            }
-        }
-        self.seen.retain(|file, (content, since)| {
-            if contents.contains_key(file) {
-                return true;
-            }
-            if content.is_some() {
-                // Just gone: it may be an editor's delete-then-write.
-                *content = None;
-                *since = now;
-            }
-            if now.saturating_duration_since(*since) < self.delay {
-                unsettled.insert(file.clone());
-                true
-            } else {
-                false
-            }
-        });
-        unsettled
-    }
-
-    /// Marks `file` as written whole with `content` (an atomic rename by
-    /// this process): settled at once.
-    pub fn trust(&mut self, file: PathBuf, content: String, now: std::time::Instant) {
-        let since = now.checked_sub(self.delay).unwrap_or(now);
-        self.seen.insert(file, (Some(content), since));
-    }
-
-    pub fn delay(&self) -> std::time::Duration {
-        self.delay
     }
 }
