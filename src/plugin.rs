@@ -661,84 +661,50 @@ impl Session<'_> {
     }
 
     async fn set_limit(&mut self, account: String, credits: String, yes: bool) -> Result<(), PluginError> {
-        let Session {
-            input,
-            out,
-            accounts,
-            ns,
-            ..
-        } = self;
-        let ns: &str = ns;
         let c = amount("CREDITS", &credits)?;
-        if !yes
-            && !confirm(
-                &format!("The new limit of {c} applies at once to the current cycle (used credits stay). Apply? [y/N]"),
-                "y",
-                input,
-                out,
-            )?
-        {
-            return Err(fail("aborted"));
-        }
-        patch_account(
-            accounts,
-            &account,
-            json!({"spec": {"creditsPerCycle": c.to_string()}}),
-            ns,
-        )
-        .await?;
-        writeln!(out, "creditaccount/{account} patched")?;
-        Ok(())
+        let question =
+            format!("The new limit of {c} applies at once to the current cycle (used credits stay). Apply? [y/N]");
+        let patch = json!({"spec": {"creditsPerCycle": c.to_string()}});
+        self.patch_account(&account, patch, (!yes).then_some((question, "y")))
+            .await
     }
 
     async fn set_cadence(&mut self, account: String, cadence: String, yes: bool) -> Result<(), PluginError> {
-        let Session {
-            input,
-            out,
-            accounts,
-            ns,
-            ..
-        } = self;
-        let ns: &str = ns;
         crate::cycle::Cadence::parse(&cadence).map_err(|e| fail(format!("CADENCE: {e}")))?;
-        if !yes
-            && !confirm(
-                &format!(
-                    "Changing the cadence to {cadence} starts a new cycle now: used credits go to zero. Apply? [y/N]"
-                ),
-                "y",
-                input,
-                out,
-            )?
-        {
-            return Err(fail("aborted"));
-        }
-        patch_account(accounts, &account, json!({"spec": {"cadence": cadence}}), ns).await?;
-        writeln!(out, "creditaccount/{account} patched")?;
-        Ok(())
+        let question =
+            format!("Changing the cadence to {cadence} starts a new cycle now: used credits go to zero. Apply? [y/N]");
+        let patch = json!({"spec": {"cadence": cadence}});
+        self.patch_account(&account, patch, (!yes).then_some((question, "y")))
+            .await
     }
 
     async fn set_factor(&mut self, account: String, factor: String) -> Result<(), PluginError> {
-        let Session { out, accounts, ns, .. } = self;
-        let ns: &str = ns;
         let f = amount("FACTOR", &factor)?;
-        patch_account(accounts, &account, json!({"spec": {"creditFactor": f.to_string()}}), ns).await?;
-        writeln!(out, "creditaccount/{account} patched")?;
-        Ok(())
+        self.patch_account(&account, json!({"spec": {"creditFactor": f.to_string()}}), None)
+            .await
     }
 
     async fn set_signup(&mut self, account: String, credits: String) -> Result<(), PluginError> {
-        let Session { out, accounts, ns, .. } = self;
-        let ns: &str = ns;
         let c = amount("CREDITS", &credits)?;
-        patch_account(
-            accounts,
-            &account,
-            json!({"spec": {"signupCredits": c.to_string()}}),
-            ns,
-        )
-        .await?;
-        writeln!(out, "creditaccount/{account} patched")?;
+        self.patch_account(&account, json!({"spec": {"signupCredits": c.to_string()}}), None)
+            .await
+    }
+
+    /// Patches an account, after `confirmation` (a question and the answer
+    /// that confirms it) when one is asked for.
+    async fn patch_account(
+        &mut self,
+        account: &str,
+        patch: Value,
+        confirmation: Option<(String, &str)>,
+    ) -> Result<(), PluginError> {
+        if let Some((question, expected)) = confirmation {
+            if !confirm(&question, expected, self.input, self.out)? {
+                return Err(fail("aborted"));
+            }
+        }
+        patch_account(&self.accounts, account, patch, self.ns).await?;
+        writeln!(self.out, "creditaccount/{account} patched")?;
         Ok(())
     }
 

@@ -58,32 +58,36 @@ impl Hold {
         }
     }
 
+    /// The hold a `HoldOpened` event opens.
+    fn opened(event: &Event) -> Option<Hold> {
+        let Event::HoldOpened {
+            id,
+            member,
+            charge,
+            credits,
+            expires_at,
+        } = event
+        else {
+            return None;
+        };
+        Some(Hold {
+            id: id.clone(),
+            member: member.clone(),
+            charge: *charge,
+            credits: *credits,
+            state: HoldState::Open,
+            expires_at: *expires_at,
+            settled_credits: None,
+        })
+    }
+
     /// A hold rebuilt from its journal entries, in order (the journal's
     /// index of holds); `None` without its opening.
     pub fn recall(entries: &[JournalEntry]) -> Option<Hold> {
         let mut hold: Option<Hold> = None;
         for entry in entries {
             match (&entry.event, &mut hold) {
-                (
-                    Event::HoldOpened {
-                        id,
-                        member,
-                        charge,
-                        credits,
-                        expires_at,
-                    },
-                    None,
-                ) => {
-                    hold = Some(Hold {
-                        id: id.clone(),
-                        member: member.clone(),
-                        charge: *charge,
-                        credits: *credits,
-                        state: HoldState::Open,
-                        expires_at: *expires_at,
-                        settled_credits: None,
-                    })
-                }
+                (event @ Event::HoldOpened { .. }, None) => hold = Hold::opened(event),
                 (Event::HoldSettled { credits, .. }, Some(h)) => {
                     h.state = HoldState::Settled;
                     h.settled_credits = Some(*credits);
@@ -330,18 +334,9 @@ pub(super) fn apply(account: &mut Account, entry: &JournalEntry) {
             credits,
             expires_at,
         } => {
-            account.holds.insert(
-                id.clone(),
-                Hold {
-                    id: id.clone(),
-                    member: member.clone(),
-                    charge: *charge,
-                    credits: *credits,
-                    state: HoldState::Open,
-                    expires_at: *expires_at,
-                    settled_credits: None,
-                },
-            );
+            if let Some(hold) = Hold::opened(&entry.event) {
+                account.holds.insert(id.clone(), hold);
+            }
             account.expiries.insert((*expires_at, id.clone()));
             account.post(member, Posting::hold(*credits));
             if let Some(key) = &entry.key {
